@@ -1,0 +1,103 @@
+"""Load a Stable Diffusion 1.x pipeline (hub id, local folder or the embedded model) and sample it.
+
+Generation gives every image its own generator seeded with that image's seed, so an image
+depends only on (model, prompt, seed, sampler settings), never on batch size or on which
+process of an ``accelerate launch`` produced it: shards of an answer set can be generated
+anywhere and resumed at any point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+
+EMBEDDED_MODEL_DIR = Path(__file__).parent / "minicanvas_sd"
+EMBEDDED_MODEL_NAME = "minicanvas-sd"
+
+
+class ModelLoadError(ValueError):
+    """The base model cannot be found or read; the message is one line meant for the user."""
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and "\\" not in name
+
+
+def resolve_model(model: str | os.PathLike | None) -> str:
+    """The folder or hub id to load: ``None`` or ``minicanvas-sd`` mean the embedded model."""
+    if model is None or str(model) == EMBEDDED_MODEL_NAME:
+        if not (EMBEDDED_MODEL_DIR / "model_index.json").is_file():
+            raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; reinstall the package")
+        return str(EMBEDDED_MODEL_DIR)
+    name = str(model)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"model path {path} is a file, not a diffusers pipeline folder")
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        return str(path)
+    if not _looks_like_hub_id(name):
+        raise ModelLoadError(f"model folder {path} does not exist")
+    return name  # a hub id such as "runwayml/stable-diffusion-v1-5"
+
+
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                  dtype: torch.dtype = torch.float32, **components) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` with a DDIM scheduler, progress bars off, safety checker off.
+
+    ``components`` (e.g. ``unet=...``, ``text_encoder=...``) replace the base model's own, which is
+    how an erased artifact is applied without touching the base model's files.
+    """
+    source = resolve_model(model)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the hub-unreachable warning would repeat our one-line error
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
+                                                       requires_safety_checker=False, **components)
+    except (OSError, ValueError, EnvironmentError) as err:
+        if Path(source).is_dir():
+            raise ModelLoadError(f"cannot load the pipeline in {source}: {str(err).splitlines()[0]}") from err
+        reason = "offline and not in the local cache" if offline else str(err).splitlines()[0]
+        raise ModelLoadError(f"cannot load hub model {source!r}: {reason}") from err
+    except Exception as err:  # huggingface_hub raises its own types for unreachable hubs
+        raise ModelLoadError(f"cannot load model {source!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+@torch.no_grad()
+def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = 50,
+             guidance_scale: float = 7.5, batch_size: int = 16, size: int | None = None,
+             negative_prompt: str = "", eta: float = 0.0) -> np.ndarray:
+    """Images (N, H, W, 3) uint8, image i drawn from ``prompts[i]`` with a generator seeded ``seeds[i]``."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if steps < 1 or steps > 1000:
+        raise ValueError(f"steps must be between 1 and 1000, got {steps}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = list(prompts[i:i + batch_size])
+        generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[i:i + batch_size]]
+        result = pipe(chunk, negative_prompt=[negative_prompt] * len(chunk), num_inference_steps=steps,
+                      guidance_scale=guidance_scale, generator=generators, height=size, width=size, eta=eta,
+                      output_type="np")
+        out.append((np.clip(result.images, 0, 1) * 255 + 0.5).astype(np.uint8))
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from diffusers import StableDiffusionPipeline
+
+from pipelines.stable_diffusion import ModelLoadError, generate, load_pipeline, resolve_model
+
+
+def test_save_reload_gives_identical_images(tiny_sd_dir, tmp_path):
+    pipe = load_pipeline(tiny_sd_dir)
+    a = generate(pipe, ["A Fish image in Neon style."] * 2, [1, 2], steps=3)
+    pipe.save_pretrained(tmp_path / "copy")
+    b = generate(load_pipeline(tmp_path / "copy"), ["A Fish image in Neon style."] * 2, [1, 2], steps=3)
+    assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])  # different seeds, different images
+
+
+def test_images_do_not_depend_on_batching(tiny_sd_dir):
+    pipe = load_pipeline(tiny_sd_dir)
+    prompts, seeds = ["A Star image in Pop style.", "A Tree image in Fire style.", "A Boat image."], [7, 8, 9]
+    together = generate(pipe, prompts, seeds, steps=2, batch_size=3)
+    apart = generate(pipe, prompts, seeds, steps=2, batch_size=1)
+    np.testing.assert_allclose(together.astype(int), apart.astype(int), atol=1)
+
+
+def test_missing_folder_and_offline_hub_id_give_clear_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no model_index.json"):
+        resolve_model(tmp_path / "empty")
+    with pytest.raises(ModelLoadError, match="cannot load hub model 'nobody/no-such-model'"):
+        load_pipeline("nobody/no-such-model")
+
+
+def test_components_replace_the_base_ones_without_touching_its_folder(tiny_sd_dir):
+    before = {p: p.stat().st_mtime_ns for p in tiny_sd_dir.rglob("*")}
+    base = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+    pipe = load_pipeline(tiny_sd_dir, unet=base.unet)
+    assert pipe.unet is base.unet
+    assert before == {p: p.stat().st_mtime_ns for p in tiny_sd_dir.rglob("*")}
+
+
+def test_embedded_model_loads_and_draws_deterministically():
+    pipe = load_pipeline()
+    a = generate(pipe, ["A Fish image in Neon style."], [188], steps=4)
+    b = generate(load_pipeline(), ["A Fish image in Neon style."], [188], steps=4)
+    assert a.shape == (1, 32, 32, 3)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("model", ["/no/such/folder", "nobody/no-such-model"])
+def test_benchmark_cli_exits_2_with_one_line(model, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.minicanvas_base", "--model", model,
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "", "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
+    assert not (tmp_path / "out").exists()
