@@ -9,6 +9,7 @@ anywhere and resumed at any point.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +50,19 @@ def resolve_model(model: str | os.PathLike | None) -> str:
     return name  # a hub id such as "runwayml/stable-diffusion-v1-5"
 
 
+def _saved_scheduler_config(source: str, pipe: StableDiffusionPipeline) -> dict:
+    """The scheduler config as saved with the model.
+
+    ``StableDiffusionPipeline.__init__`` turns ``clip_sample`` off with a deprecation warning;
+    the embedded model needs it on (see ``pipelines.minicanvas_model.scheduler_config``), so the
+    saved config is read again and the scheduler rebuilt from it.
+    """
+    try:
+        return DDIMScheduler.load_config(source, subfolder="scheduler")
+    except (OSError, ValueError):  # e.g. a hub model whose config is not cached separately
+        return dict(pipe.scheduler.config)
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float32, **components) -> StableDiffusionPipeline:
     """A ``StableDiffusionPipeline`` with a DDIM scheduler, progress bars off, safety checker off.
@@ -61,8 +75,10 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # the hub-unreachable warning would repeat our one-line error
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
-                                                       requires_safety_checker=False, **components)
+        with warnings.catch_warnings():  # the clip_sample notice; the saved config is restored below
+            warnings.filterwarnings("ignore", message=".*clip_sample.*", category=FutureWarning)
+            pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
+                                                           requires_safety_checker=False, **components)
     except (OSError, ValueError, EnvironmentError) as err:
         if Path(source).is_dir():
             raise ModelLoadError(f"cannot load the pipeline in {source}: {str(err).splitlines()[0]}") from err
@@ -72,7 +88,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         raise ModelLoadError(f"cannot load model {source!r}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
     finally:
         diffusers_logging.set_verbosity(verbosity)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = DDIMScheduler.from_config(_saved_scheduler_config(source, pipe))
     pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe.to(device)
@@ -101,3 +117,25 @@ def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Seque
                       output_type="np")
         out.append((np.clip(result.images, 0, 1) * 255 + 0.5).astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def load_erased_pipeline(artifact_dir: str | os.PathLike, device: str | torch.device | None = None,
+                         dtype: torch.dtype = torch.float32, model: str | os.PathLike | None = None
+                         ) -> StableDiffusionPipeline:
+    """The base model named in the artifact's ``erase.json`` (or ``model``) with the erased components applied.
+
+    The base is loaded in float32 so that its hash can be checked against the one recorded at
+    erasure time, then the artifact's tensors are loaded strictly, then the pipeline is moved and cast.
+    Raises ``erase.artifacts.ArtifactError`` or ``ModelLoadError`` with one-line messages.
+    """
+    from erase.artifacts import apply_artifact, read_metadata
+
+    meta = read_metadata(artifact_dir)
+    base = model if model is not None else meta.get("base_model", {}).get("id")
+    pipe = load_pipeline(base, dtype=torch.float32)
+    apply_artifact(artifact_dir, {name: getattr(pipe, name, None) for name in meta["components"]})
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    if device is not None:
+        pipe.to(device)
+    return pipe

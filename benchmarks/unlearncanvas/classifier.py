@@ -15,25 +15,20 @@ on float images in [0, 1], so the metrics never ask which world they are in:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Protocol, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from benchmarks.unlearncanvas import minicanvas
-from erase.checkpoint import CheckpointError, read_tensors
+from erase.checkpoint import CheckpointError, load_model_folder, save_model_folder
 
 SHIPPED_DIR = Path(__file__).parent / "assets" / "minicanvas_classifier"
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
 
 
 class StyleObjectClassifier(Protocol):
@@ -79,27 +74,13 @@ class MiniCanvasClassifier(nn.Module):
         return torch.cat(styles), torch.cat(objects)
 
     def save_pretrained(self, folder: str | Path, extra: dict | None = None) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), folder / WEIGHTS)
-        cfg = {"themes": list(self.themes), "objects": list(self.objects), "image_size": self.image_size,
-               "width": self.width, **(extra or {})}
-        (folder / CONFIG).write_text(json.dumps(cfg, indent=1))
+        save_model_folder(self, folder, {"themes": list(self.themes), "objects": list(self.objects),
+                                         "image_size": self.image_size, "width": self.width, **(extra or {})})
 
     @classmethod
     def from_pretrained(cls, folder: str | Path = SHIPPED_DIR) -> "MiniCanvasClassifier":
-        folder = Path(folder)
-        if not (folder / CONFIG).is_file() or not (folder / WEIGHTS).is_file():
-            raise CheckpointError(f"no MiniCanvas classifier in {folder} (needs {CONFIG} and {WEIGHTS})")
-        try:
-            cfg = json.loads((folder / CONFIG).read_text())
-            model = cls(cfg["themes"], cfg["objects"], cfg["image_size"], cfg["width"])
-            model.load_state_dict(read_tensors(folder / WEIGHTS), strict=True)
-        except CheckpointError:
-            raise
-        except (KeyError, ValueError, RuntimeError, OSError) as err:
-            raise CheckpointError(f"corrupt MiniCanvas classifier in {folder}: {str(err).splitlines()[0]}") from err
-        return model.eval()
+        return load_model_folder(folder, lambda c: cls(c["themes"], c["objects"], c["image_size"], c["width"]),
+                                 "MiniCanvas classifier")
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -38,3 +38,58 @@ def labelled_grid(cells: np.ndarray, row_labels: Sequence[str], col_labels: Sequ
             if i in marked_rows or j in marked_cols:
                 draw.rectangle([x - 1, y - 1, x + cw, y + ch], outline="red", width=1)
     return canvas
+
+
+# --------------------------------------------------------------------------- results tables
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def results_markdown(results: dict) -> str:
+    """The Markdown report of one ``unlearncanvas-eval`` run: what was measured, by what, on what."""
+    a, m = results["answer_set"], results["model"]
+    lines = [f"# UnlearnCanvas evaluation: {results['label']} ({results['domain']})", ""]
+    model = m.get("base") or "(answer set given)"
+    if m.get("artifact"):
+        model += f" + artifact {m['artifact']} ({m.get('method')}, concept {m.get('concept')})"
+    lines += [f"- model: {model}",
+              f"- answer set: {a['images']} images, {a['grid']}; template `{a['prompt_template']}` "
+              f"(photo theme: '{a['photo_phrase']}'); {a['sampler']}, {a['steps']} steps, guidance "
+              f"{a['guidance_scale']}; seeds {', '.join(map(str, a['seeds']))}; {a['generated']} generated in this run",
+              f"- classifier: {results['classifier']['name']} ({results['classifier']['images_per_theme']} images "
+              f"per theme, {results['classifier']['images_per_object']} per object)"]
+    if results.get("clip"):
+        c = results["clip"]
+        lines.append(f"- CLIP: {c['scorer']}; zero-shot = {c['zero_shot']}; CLIP score = {c['clip_score']}")
+    if results.get("fid"):
+        f = results["fid"]
+        lines.append(f"- FID: {f['features']}; reference: {f['reference']} (resized to {f['reference_images_resized_to']} "
+                     f"px); all cells: {f['all_cells']['value']:.4f} ({f['all_cells']['generated']} vs "
+                     f"{f['all_cells']['reference']} images)")
+    e = results.get("efficiency")
+    if e:
+        lines.append(f"- efficiency ({e['source']}): time {_num(e['time_s'], 1)} s, peak memory {_num(e['memory_gb'], 3)} "
+                     f"GB ({e.get('memory_kind')}), storage {_num(e['storage_gb'], 4)} GB")
+    lines.append(f"- hardware: {results['hardware']}; torch {results['torch']}; {results['seconds']['total']:.0f} s total")
+    lines += ["", "## Per target (%, FID lower is better)", "",
+              "| target | kind | UA | IRA | CRA | CLIP removal | CLIP score retained | CLIP score forget | FID |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["targets"]:
+        lines.append(f"| {r['target']} | {r['kind']} | {_pct(r['UA'])} | {_pct(r['IRA'])} | {_pct(r['CRA'])} | "
+                     f"{_pct(r.get('clip_removal_accuracy'))} | {_num(r.get('clip_score_retained'))} | "
+                     f"{_num(r.get('clip_score_forget'))} | {_num(r.get('fid'), 4)} |")
+    for kind, s in results["summary"].items():
+        if kind != "fid":
+            lines.append(f"| **mean of {s['targets']} {kind} targets** | {kind} | {_pct(s['UA'])} | {_pct(s['IRA'])} | "
+                         f"{_pct(s['CRA'])} | {_pct(s.get('clip_removal_accuracy'))} | "
+                         f"{_num(s.get('clip_score_retained'))} | | |")
+    acc = results["accuracy"]
+    lines += ["", "## Per-concept classifier accuracy (%)", "", "| theme | Acc_S |", "|---|---|"]
+    lines += [f"| {t} | {_pct(v)} |" for t, v in acc["style"].items()]
+    lines += ["", "| object | Acc_O |", "|---|---|"]
+    lines += [f"| {o} | {_pct(v)} |" for o, v in acc["object"].items()]
+    return "\n".join(lines) + "\n"

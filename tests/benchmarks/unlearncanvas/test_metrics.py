@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.unlearncanvas.constants import Domain
+from benchmarks.unlearncanvas.metrics import (
+    accuracy_table, efficiency_from_artifact, removal_accuracy, unlearncanvas_scores)
+
+TOY = Domain("toy", themes=("Alpha", "Beta", "Gamma", "Photo"), objects=("Cat", "Dog", "Fox"), photo_theme="Photo")
+STYLE_ACC = {"Alpha": 0.1, "Beta": 0.8, "Gamma": 0.6, "Photo": 0.2}
+OBJECT_ACC = {"Cat": 0.9, "Dog": 0.3, "Fox": 0.6}
+
+
+def test_style_target_by_hand():
+    r = unlearncanvas_scores(STYLE_ACC, OBJECT_ACC, "alpha", TOY)
+    assert r["kind"] == "style" and r["target"] == "Alpha"
+    assert r["UA"] == pytest.approx(0.9)
+    assert r["IRA"] == pytest.approx((0.8 + 0.6) / 2)  # the photo theme does not enter IRA
+    assert r["CRA"] == pytest.approx((0.9 + 0.3 + 0.6) / 3)
+
+
+def test_object_target_by_hand():
+    r = unlearncanvas_scores(STYLE_ACC, OBJECT_ACC, "Dog", TOY)
+    assert r["kind"] == "object"
+    assert r["UA"] == pytest.approx(0.7)
+    assert r["IRA"] == pytest.approx((0.9 + 0.6) / 2)
+    assert r["CRA"] == pytest.approx((0.1 + 0.8 + 0.6) / 3)  # styles only, photo theme excluded
+
+
+def test_unknown_target_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a style or object"):
+        unlearncanvas_scores(STYLE_ACC, OBJECT_ACC, "Photo", TOY)
+
+
+def test_accuracy_table_from_images():
+    """Acc_O counts every theme's row, the photo theme included; Acc_S every object's column."""
+    dom = Domain("t2", themes=("A", "Photo"), objects=("x", "y"), photo_theme="Photo")
+    # 2 seeds x 2 themes x 2 objects
+    tt = np.array([0, 0, 1, 1] * 2)
+    ot = np.array([0, 1, 0, 1] * 2)
+    tp = np.array([0, 0, 0, 1, 1, 0, 1, 1])
+    op = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    table = accuracy_table(dom, tt, ot, tp, op)
+    # theme A = images 0,1,4,5 -> preds 0,0,1,0 -> 3/4; Photo = 2,3,6,7 -> preds 0,1,1,1 -> 3/4
+    assert table.style == {"A": 0.75, "Photo": 0.75}
+    # object x = images 0,2,4,6 -> preds 0,0,0,1 -> 3/4; y = 1,3,5,7 -> preds 0,0,1,1 -> 2/4
+    assert table.object == {"x": 0.75, "y": 0.5}
+    assert table.images_per_theme == 4 and table.images_per_object == 4
+    assert table.cells_object[1][1] == 0.5  # Photo/y: images 3 (wrong) and 7 (right)
+    r = unlearncanvas_scores(table.style, table.object, "x", dom)
+    assert r["UA"] == pytest.approx(0.25) and r["IRA"] == pytest.approx(0.5) and r["CRA"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="no image prompted with"):
+        accuracy_table(dom, tt[:2], ot[:2], tp[:2], op[:2])
+
+
+def test_removal_accuracy():
+    tt, ot = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2])
+    ra, n = removal_accuracy(tt, ot, np.array([0, 2, 1, 2]), ot, "Alpha", TOY)
+    assert (ra, n) == (0.5, 2)
+    ra, n = removal_accuracy(tt, ot, tt, np.array([0, 0, 1, 2]), "Dog", TOY)
+    assert (ra, n) == (0.5, 2)
+
+
+def test_efficiency_from_erase_json(tmp_path):
+    assert efficiency_from_artifact(None) is None
+    (tmp_path / "erase.json").write_text(json.dumps(
+        {"cost": {"seconds": 12.5, "peak_memory_bytes": 2_000_000_000, "peak_memory_kind": "process_max_rss",
+                  "artifact_bytes": 3_000_000, "device": "cpu"}}))
+    e = efficiency_from_artifact(tmp_path)
+    assert e["time_s"] == 12.5 and e["memory_gb"] == 2.0 and e["storage_gb"] == 0.003 and e["storage_bytes"] == 3_000_000
+    assert "erase.json" in e["source"]
+    with pytest.raises(ValueError, match="cannot read"):
+        efficiency_from_artifact(tmp_path / "missing")
