@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.unlearncanvas import minicanvas
+from benchmarks.unlearncanvas.answer_set import SAMPLER_DEFAULTS
 from benchmarks.unlearncanvas.classifier import SHIPPED_DIR as CLASSIFIER_DIR
 from benchmarks.unlearncanvas.classifier import CheckpointError, MiniCanvasClassifier
 from benchmarks.unlearncanvas.report import labelled_grid
@@ -89,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="pipeline folder or hub id (default: the embedded model)")
     parser.add_argument("--classifier", default=str(CLASSIFIER_DIR))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=SAMPLER_DEFAULTS["minicanvas"][0], help="DDIM steps")
+    parser.add_argument("--guidance", type=float, default=SAMPLER_DEFAULTS["minicanvas"][1])
     parser.add_argument("--out", default="outputs/base-grid", help="folder for grid.png and results.json")
     parser.add_argument("--results-file", default=None, help=f"also write the figures here (e.g. {RESULTS_FILE})")
     args = parser.parse_args(argv)

@@ -1,5 +1,11 @@
 """Pieces several diffusion methods share: prompt embeddings, noising, CFG, partial DDIM sampling.
 
+Models predict either the noise (``epsilon``: SD 1.x) or ``v = sqrt(a) eps - sqrt(1 - a) z_0``
+(``v_prediction``: SD 2.x, the embedded model), as the scheduler config says. Methods compare
+model outputs in the model's own space (``training_target`` gives the matching regression
+target); CFG and ESD's guided targets are affine combinations with weights summing to one, so
+they are the same in either space.
+
 The DDIM step is written out from ``alphas_cumprod`` instead of calling ``scheduler.step`` so that
 training-time sampling holds no scheduler state and draws no randomness (eta 0), which keeps a
 resumed run bit-identical to an uninterrupted one. A test checks it against ``DDIMScheduler.step``.
@@ -53,9 +59,29 @@ def add_noise(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cum
     return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def prediction_type(scheduler) -> str:
+    """What the model predicts, from its scheduler config; anything else is refused, not guessed."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise ValueError(f"unsupported prediction_type {kind!r}; supported: {', '.join(PREDICTION_TYPES)}")
+    return kind
+
+
+def training_target(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+                    kind: str = "epsilon") -> torch.Tensor:
+    """What a model of this prediction type should output for z_t = add_noise(z0, noise, t)."""
+    if kind == "epsilon":
+        return noise
+    a = alphas_cumprod.to(z0.device)[t.to(z0.device)].view(-1, *([1] * (z0.dim() - 1))).to(z0.dtype)
+    return a.sqrt() * noise - (1 - a).sqrt() * z0
+
+
 def cfg_eps(unet, z: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor, uncond: torch.Tensor,
             scale: float) -> torch.Tensor:
-    """Classifier-free guided noise prediction eps(∅) + s (eps(c) - eps(∅)) in one batched call."""
+    """Classifier-free guided prediction out(∅) + s (out(c) - out(∅)) in one batched call (eps or v)."""
     n = z.shape[0]
     t = torch.as_tensor(t, device=z.device).expand(2 * n) if torch.as_tensor(t).dim() == 0 else torch.cat([t, t])
     eps = unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
@@ -63,22 +89,29 @@ def cfg_eps(unet, z: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor, un
     return e_u + scale * (e_c - e_u)
 
 
-def ddim_step(z: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) update from noise level a_t to a_prev."""
+def ddim_step(z: torch.Tensor, pred: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor,
+              kind: str = "epsilon") -> torch.Tensor:
+    """Deterministic DDIM (eta 0) update from noise level a_t to a_prev, for an eps or v prediction."""
     a_t, a_prev = a_t.to(z), a_prev.to(z)
-    x0 = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if kind == "epsilon":
+        eps = pred
+        x0 = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    else:
+        x0 = a_t.sqrt() * z - (1 - a_t).sqrt() * pred
+        eps = a_t.sqrt() * pred + (1 - a_t).sqrt() * z
     return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
 
 
 @torch.no_grad()
 def partial_ddim(unet, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, timesteps: torch.Tensor,
-                 n_steps: int, scale: float, alphas_cumprod: torch.Tensor, alpha_final: torch.Tensor) -> torch.Tensor:
+                 n_steps: int, scale: float, alphas_cumprod: torch.Tensor, alpha_final: torch.Tensor,
+                 kind: str = "epsilon") -> torch.Tensor:
     """Run the first ``n_steps`` of CFG DDIM from ``z`` (at ``timesteps[0]``); n_steps may be len(timesteps)."""
     for j in range(n_steps):
         t = timesteps[j]
-        eps = cfg_eps(unet, z, t, cond, uncond, scale)
+        pred = cfg_eps(unet, z, t, cond, uncond, scale)
         a_prev = alphas_cumprod[timesteps[j + 1]] if j + 1 < len(timesteps) else alpha_final
-        z = ddim_step(z, eps, alphas_cumprod[t], a_prev)
+        z = ddim_step(z, pred, alphas_cumprod[t], a_prev, kind)
     return z
 
 

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from erase.methods.base import Method, MethodConfigError, expand_prompts, named_trainable, option
-from erase.sampling import (ddim_timesteps, encode_prompts, final_alpha, latent_shape, partial_ddim)
+from erase.sampling import (ddim_timesteps, encode_prompts, final_alpha, latent_shape, partial_ddim,
+                            prediction_type)
 
 VARIANTS = ("auto", "esd-x", "esd-u", "esd-self", "esd-all", "esd-notime", "esd-x-strict")
 _HEAD = ("time_embedding.", "conv_norm_out", "conv_out")
@@ -103,6 +104,7 @@ class ESD(Method):
         self.alphas = pipe.scheduler.alphas_cumprod.to(self.device)
         self.alpha_final = final_alpha(sched, pipe.scheduler.alphas_cumprod).to(self.device)
         self.T = int(sched["num_train_timesteps"])
+        self.prediction = prediction_type(pipe.scheduler)  # targets below are affine, valid for eps and v
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return self.params
@@ -132,7 +134,7 @@ class ESD(Method):
         z = torch.randn(latent_shape(self.unet, b), generator=generator).to(self.device, c.dtype)
         sampler = self.unet if cfg.sample_with == "trained" else self.frozen
         z = partial_ddim(sampler, z, anchor if cfg.erase_from else c, u, self.timesteps, n_steps,
-                         cfg.start_guidance, self.alphas, self.alpha_final)
+                         cfg.start_guidance, self.alphas, self.alpha_final, self.prediction)
         t = t.expand(b)
         with torch.no_grad():
             e = self.frozen(torch.cat([z, z]), torch.cat([t, t]), encoder_hidden_states=torch.cat([anchor, c])).sample

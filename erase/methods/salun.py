@@ -27,7 +27,7 @@ from torch import nn
 
 from erase.methods.base import Method, MethodConfigError, expand_prompts, find_domain, named_trainable, option
 from erase.saliency import global_topk_mask, mask_fraction
-from erase.sampling import add_noise, encode_prompts, image_size
+from erase.sampling import add_noise, encode_prompts, image_size, prediction_type, training_target
 
 
 @dataclass
@@ -204,6 +204,7 @@ class SalUn(Method):
         self.params = named_trainable("unet", self.unet, keep)
         self.T = int(pipe.scheduler.config.num_train_timesteps)
         self.alphas = pipe.scheduler.alphas_cumprod.to(self.device)
+        self.prediction = prediction_type(pipe.scheduler)
         self._data(generator)
         self.masks = self._saliency(generator)
 
@@ -227,7 +228,8 @@ class SalUn(Method):
                             encoder_hidden_states=torch.cat([c, uncond.expand(len(idx), -1, -1)])).sample
             e_c, e_u = out.chunk(2)
             guided = (1 + cfg.mask_guidance) * e_c - cfg.mask_guidance * e_u
-            (-F.mse_loss(guided.float(), eps.float())).backward()
+            target = training_target(z0, eps, t, self.alphas, self.prediction)
+            (-F.mse_loss(guided.float(), target.float())).backward()
         grads = {name: p.grad for name, p in self.params.items() if p.grad is not None}
         masks = global_topk_mask(grads, cfg.mask_keep)
         for name, p in self.params.items():
@@ -249,7 +251,8 @@ class SalUn(Method):
         zf, zr = self._latents(self.fm, self.fs, fi, generator), self._latents(self.rm, self.rs, ri, generator)
         t = torch.randint(0, self.T, (2 * b,), generator=generator).to(self.device)
         eps = torch.randn((2 * b, *zf.shape[1:]), generator=generator).to(zf)
-        zt = add_noise(torch.cat([zf, zr]), eps, t, self.alphas)
+        z0 = torch.cat([zf, zr])
+        zt = add_noise(z0, eps, t, self.alphas)
         pf = [self.forget_prompts[i] for i in fi.tolist()]
         remapped = [self._remap(p, generator) for p in pf]
         c = self._encode(pf + [self.retain_prompts[i] for i in ri.tolist()] + remapped)
@@ -257,7 +260,8 @@ class SalUn(Method):
             target_f = self.unet(zt[:b], t[:b], encoder_hidden_states=c[2 * b:]).sample
         pred = self.unet(zt, t, encoder_hidden_states=c[:2 * b]).sample
         loss_f = F.mse_loss(pred[:b].float(), target_f.float())
-        loss_r = F.mse_loss(pred[b:].float(), eps[b:].float())
+        target_r = training_target(z0[b:], eps[b:], t[b:], self.alphas, self.prediction)
+        loss_r = F.mse_loss(pred[b:].float(), target_r.float())
         return loss_f + self.config.alpha * loss_r
 
     def after_backward(self) -> None:

@@ -1,0 +1,173 @@
+"""erase-playground: type a prompt, see the base model and an erased model side by side.
+
+The base pipeline is loaded once; each erased artifact gets its own copy of only the
+components it changed (``erase.artifacts.apply_artifact``, strict and hash-checked), the rest
+is shared, so comparing a Stable Diffusion 1.5 erasure costs one extra UNet, not a second
+pipeline. Both images of a pair come from the same seed, so every difference is the erasure.
+
+    erase-playground --artifact erased/esd-candy                  # http://127.0.0.1:7860
+    erase-playground --artifact a --artifact b --host 0.0.0.0     # listen beyond this machine only when told
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+from PIL import Image
+
+from erase.artifacts import ArtifactError, apply_artifact, read_metadata
+from erase.methods.base import find_domain
+from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, ModelLoadError, generate, load_pipeline
+
+DISPLAY_SIZE = 256  # the embedded model draws 32 px; show it large enough to see, without smoothing
+MAX_STEPS = 200
+
+
+def example_prompts(concept: str, kind: str) -> list[str]:
+    """Prompts that name the erased concept and prompts that should be untouched, in the domain's template."""
+    domain = find_domain(concept)
+    if domain is None:
+        return [f"A painting in {concept} style." if kind == "style" else f"A photo of {concept}.",
+                "A photo of a house by a lake."]
+    name = domain.canonical(concept)
+    if kind == "style":
+        others = [t for t in domain.themes if t not in (name, domain.photo_theme)]
+        keep, obj = others[0], domain.objects[0]
+        return [domain.prompt(name, obj), domain.prompt(name, domain.objects[-1]), domain.prompt(keep, obj)]
+    others = [o for o in domain.objects if o != name]
+    style = next(t for t in domain.themes if t != domain.photo_theme)
+    return [domain.prompt(style, name), domain.prompt(domain.photo_theme, name), domain.prompt(style, others[0])]
+
+
+class Playground:
+    """A base pipeline and the erased pipelines built on it, keyed by a label per artifact."""
+
+    def __init__(self, model: str | None, artifacts: Sequence[str | Path], device: str | None = None):
+        if not artifacts:
+            raise ArtifactError("give at least one --artifact folder made by erase-concept")
+        metas = [read_metadata(a) for a in artifacts]
+        if model is None:  # the base the first artifact was made from
+            model = metas[0].get("base_model", {}).get("id")
+            model = None if model == EMBEDDED_MODEL_NAME else model
+        self.base = load_pipeline(model)
+        self.erased: dict[str, StableDiffusionPipeline] = {}
+        self.metadata: dict[str, dict] = {}
+        for folder, meta in zip(artifacts, metas):
+            label = f"{meta['method']}: {meta['concept']} ({Path(folder).name})"
+            self.erased[label] = self._apply(folder, meta)
+            self.metadata[label] = meta
+        if device is not None:
+            for pipe in (self.base, *self.erased.values()):
+                pipe.to(device)
+
+    def _apply(self, folder: str | Path, meta: dict) -> StableDiffusionPipeline:
+        components = dict(self.base.components)
+        changed = {name: copy.deepcopy(components.get(name)) for name in meta["components"]}
+        apply_artifact(folder, changed)  # raises ArtifactError when a component is missing or differs
+        components.update(changed)
+        # Its own scheduler: set_timesteps mutates scheduler state, which two pipelines must not share.
+        components["scheduler"] = DDIMScheduler.from_config(self.base.scheduler.config)
+        pipe = StableDiffusionPipeline(**components)
+        pipe.scheduler = components["scheduler"]  # the constructor may rewrite clip_sample; keep the base's
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def compare(self, prompt: str, label: str, seed: int, steps: int, guidance: float
+                ) -> tuple[Image.Image, Image.Image, str]:
+        """(original, erased, caption) for one prompt, both drawn from the same seed."""
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise ValueError("type a prompt first")
+        if label not in self.erased:
+            raise ValueError(f"unknown erased model {label!r}")
+        steps = int(steps)
+        if not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}")
+        seed = int(seed)
+        images = [generate(pipe, [prompt], [seed], steps=steps, guidance_scale=float(guidance), batch_size=1)[0]
+                  for pipe in (self.base, self.erased[label])]
+        meta = self.metadata[label]
+        caption = (f"seed {seed}, {steps} DDIM steps, guidance {guidance:g}; erased: {meta['method']} on "
+                   f"{meta['concept']!r} ({meta['kind']}), base {meta.get('base_model', {}).get('id')}")
+        return _display(images[0]), _display(images[1]), caption
+
+
+def _display(image: np.ndarray) -> Image.Image:
+    pil = Image.fromarray(image)
+    if pil.width < DISPLAY_SIZE:
+        scale = -(-DISPLAY_SIZE // pil.width)
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    return pil
+
+
+def build_app(playground: Playground, default_steps: int = 25, default_guidance: float = 5.0):
+    """The Gradio page; returned unlaunched so tests and notebooks can use it."""
+    import gradio as gr
+
+    labels = list(playground.erased)
+    first = playground.metadata[labels[0]]
+    examples = example_prompts(first["concept"], first["kind"])
+
+    def run(prompt, label, seed, steps, guidance):
+        try:
+            return playground.compare(prompt, label, seed, steps, guidance)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+
+    with gr.Blocks(title="erase playground") as demo:
+        gr.Markdown("## erase playground\nThe same prompt and seed through the base model and an erased one.")
+        prompt = gr.Textbox(label="Prompt", value=examples[0])
+        with gr.Row():
+            label = gr.Dropdown(choices=labels, value=labels[0], label="Erased model")
+            seed = gr.Number(value=188, precision=0, label="Seed")
+            steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="DDIM steps")
+            guidance = gr.Slider(1.0, 15.0, value=default_guidance, step=0.5, label="Guidance scale")
+        button = gr.Button("Generate", variant="primary")
+        with gr.Row():
+            original = gr.Image(label="Original", type="pil")
+            erased = gr.Image(label="Erased", type="pil")
+        caption = gr.Markdown()
+        gr.Examples(examples=[[p] for p in examples], inputs=[prompt])
+        inputs, outputs = [prompt, label, seed, steps, guidance], [original, erased, caption]
+        button.click(run, inputs, outputs, concurrency_limit=1)
+        prompt.submit(run, inputs, outputs, concurrency_limit=1)
+    return demo
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="erase-playground", description=__doc__.splitlines()[0])
+    p.add_argument("--artifact", action="append", default=[], required=True,
+                   help="an erase-concept output folder; repeat to compare several")
+    p.add_argument("--model", help="base model (default: the one named in the first artifact's erase.json)")
+    p.add_argument("--device", help="e.g. cuda; default cpu")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.unlearncanvas.answer_set import SAMPLER_DEFAULTS
+
+    args = build_parser().parse_args(argv)
+    try:
+        playground = Playground(args.model, args.artifact, args.device)
+    except (ArtifactError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    embedded = all(m.get("base_model", {}).get("id") == EMBEDDED_MODEL_NAME for m in playground.metadata.values())
+    steps, guidance = SAMPLER_DEFAULTS["minicanvas" if embedded else "unlearncanvas"]
+    if torch.cuda.is_available() and args.device is None:
+        print("note: running on the CPU; pass --device cuda to use the GPU", file=sys.stderr)
+    build_app(playground, steps, guidance).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
