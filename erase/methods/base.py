@@ -131,6 +131,10 @@ class Method:
     def num_steps(self) -> int:
         return int(self.config.steps)
 
+    def run_info(self) -> dict[str, Any]:
+        """Facts decided during the run (e.g. a drawn remap target) that ``erase.json`` should record."""
+        return {}
+
 
 def named_trainable(component: str, module: nn.Module, keep) -> dict[str, nn.Parameter]:
     """``component.name`` -> parameter for every parameter whose name passes ``keep``; others frozen."""

@@ -44,7 +44,8 @@ class SalUnConfig:
     train_method: str = option("full", "UNet parameters considered: full or xattn (attn2 only)",
                                "random_label.py L47-54; SD/README.md")
     remap_to: str = option("random", "concept the forget prompts are mapped to: random (another concept of the "
-                           "same kind, drawn per sample) or a name", "paper: random label")
+                           "same kind, drawn per sample), random-once (one drawn for the whole run) or a name",
+                           "paper: random label")
     remap_pool: list = option([], "candidates for remap_to=random (default: the domain's other concepts)")
     forget_prompts: list = option([], "forget prompt templates; default: the domain caption grid, "
                                   "else 'an image of {concept}'", "dataset.py L38")
@@ -179,12 +180,8 @@ class SalUn(Method):
         return (m + s * torch.randn(m.shape, generator=generator).to(m)) * self.scale
 
     def _remap(self, prompt: str, generator: torch.Generator) -> str:
-        cfg = self.config
-        if cfg.remap_to != "random":
-            new = cfg.remap_to
-        else:
-            pool = self._pool
-            new = pool[int(torch.randint(0, len(pool), (1,), generator=generator))]
+        pool = self._pool
+        new = pool[0] if len(pool) == 1 else pool[int(torch.randint(0, len(pool), (1,), generator=generator))]
         text = self._concept_text()
         out, n = re.subn(re.escape(text), new, prompt, flags=re.IGNORECASE)
         return out if n else new
@@ -196,7 +193,12 @@ class SalUn(Method):
             raise MethodConfigError(f"train_method must be full or xattn, got {cfg.train_method!r}")
         if cfg.batch_size < 1 or cfg.forget_images < 1 or cfg.retain_images < 1:
             raise MethodConfigError("batch_size, forget_images and retain_images must be positive")
-        self._pool = self._remap_pool() if cfg.remap_to == "random" else [cfg.remap_to]
+        if cfg.remap_to in ("random", "random-once"):
+            self._pool = self._remap_pool()
+            if cfg.remap_to == "random-once":
+                self._pool = [self._pool[int(torch.randint(0, len(self._pool), (1,), generator=generator))]]
+        else:
+            self._pool = [cfg.remap_to]
         for module in (pipe.text_encoder, pipe.vae):
             module.requires_grad_(False)
         self.unet: nn.Module = pipe.unet
@@ -240,6 +242,9 @@ class SalUn(Method):
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return self.params
+
+    def run_info(self) -> dict:
+        return {"mask_fraction": self.mask_fraction, "remap_targets": sorted(set(self._pool))}
 
     def changed_components(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}

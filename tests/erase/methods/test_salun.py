@@ -58,6 +58,18 @@ def test_remap_random_or_named(clip_tokenizer):
         _method(clip_tokenizer, concept="a red car", kind="object", remap_to="a blue car").setup(torch.Generator())
 
 
+def test_remap_random_once_draws_one_other_concept_per_run_and_records_it(clip_tokenizer):
+    picks = set()
+    for seed in range(4):
+        m = _method(clip_tokenizer, concept="Fish", kind="object", remap_to="random-once")
+        m.setup(torch.Generator().manual_seed(seed))
+        assert len(m._pool) == 1 and m._pool[0] != "Fish" and m.run_info()["remap_targets"] == m._pool
+        assert {m._remap("A Fish image in Candy style.", torch.Generator().manual_seed(s)) for s in range(5)} == \
+            {f"A {m._pool[0]} image in Candy style."}
+        picks.add(m._pool[0])
+    assert len(picks) > 1  # the draw follows the run's seed
+
+
 def test_data_from_an_unlearncanvas_folder_and_from_an_imagefolder(clip_tokenizer, tmp_path):
     root = write_dataset(tmp_path / "mini", per_cell=1, size=16)
     m = _method(clip_tokenizer, concept="Fish", kind="object", data_dir=str(root))
