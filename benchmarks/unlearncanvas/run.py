@@ -195,7 +195,8 @@ def _load_model(args, device, dtype):
         base = args.model or meta.get("base_model", {}).get("id")
         info = {"base": base, "artifact": str(Path(args.artifact).absolute()), "method": meta.get("method"),
                 "concept": meta.get("concept"), "artifact_config": meta.get("config"),
-                "erase_json_sha256_16": hashlib.sha256((Path(args.artifact) / "erase.json").read_bytes()).hexdigest()[:16]}
+                "erase_json_sha256_16": hashlib.sha256((Path(args.artifact) / "erase.json").read_bytes()).hexdigest()[:16],
+                "weights_sha256_16": folder_hash(args.artifact)}
         return pipe, info, meta
     source = resolve_model(args.model)
     pipe = load_pipeline(args.model, device=device, dtype=dtype)
@@ -370,8 +371,9 @@ def run(args) -> int:
         else:
             pipe, model_info, _ = _load_model(args, device, dtype)
             model_id = str(model_info["base"]) + (f"@{model_info['sha256_16']}" if model_info.get("sha256_16") else "")
-            if model_info["artifact"]:  # the artifact's own erase.json names its base hash and config
-                model_id += f"+{model_info['artifact']}@{model_info['erase_json_sha256_16']}"
+            if model_info["artifact"]:  # its weights, not erase.json (which holds run times): a rerun that
+                # reproduces the same weights reuses the answer set, any other artifact is refused
+                model_id += f"+{model_info['artifact']}@{model_info['weights_sha256_16']}"
             if accelerator.is_main_process:
                 check_answer_folder(answer_dir, settings, model_id)
             accelerator.wait_for_everyone()

@@ -177,3 +177,20 @@ def test_erased_artifact_gives_target_label_and_efficiency(tmp_path, tiny_sd_dir
     e = res["efficiency"]
     assert e["time_s"] == 42.0 and e["memory_gb"] == 1.5 and 0 < e["storage_bytes"] < 10_000_000
     assert res["fid"] is None and res["clip"] is None
+    # the same weights with a rewritten erase.json (another run's times) reuse the answer set ...
+    meta = json.loads((tmp_path / "art" / "erase.json").read_text())
+    meta["cost"]["seconds"] = 43.0
+    (tmp_path / "art" / "erase.json").write_text(json.dumps(meta))
+    rc, _, err = run_cli(["--artifact", tmp_path / "art", "--seeds", "188", "--steps", "1", "--no-clip",
+                          "--no-fid", "--out", out, *CPU], capsys)
+    assert rc == 0, err
+    assert json.loads((out / "results.json").read_text())["answer_set"]["generated"] == 0
+    # ... other weights in the same folder are refused, not mixed in
+    with torch.no_grad():
+        pipe.unet.conv_out.bias.add_(0.1)
+    save_artifact(tmp_path / "art", {"unet": pipe.unet}, meta, trained=["unet.conv_out.bias"],
+                  base_hashes={"unet": base_hash}, overwrite=True)
+    rc, _, err = run_cli(["--artifact", tmp_path / "art", "--seeds", "188", "--steps", "1", "--no-clip",
+                          "--no-fid", "--out", out, *CPU], capsys)
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("unlearncanvas-eval: error:") and "was generated with model=" in last
