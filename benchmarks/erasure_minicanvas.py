@@ -32,7 +32,6 @@ from pipelines.stable_diffusion import resolve_model
 RESULTS_FILE = Path(__file__).parent / "results" / "erasure_minicanvas.json"
 THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.85}
 TIME_LIMIT_S = 600
-RUN_INFO = ("mask_fraction", "remap_targets")  # what Method.run_info() adds to erase.json
 KEPT = ("UA", "IRA", "CRA", "clip_removal_accuracy", "clip_score_retained", "fid")
 
 
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append({"method": method, "target": target, "kind": kind, "seed": args.seed, **scores,
                          "passes": ok, "erase_wall_seconds": round(wall, 1), "cost": meta["cost"],
                          "config": meta["config"], "preset": meta["preset"], "cli_options": options,
-                         "run_info": {k: meta[k] for k in RUN_INFO if k in meta},
+                         "run_info": meta["run"],
                          "artifact": str(out), "eval_seconds": res["seconds"]["total"],
                          "per_theme_accuracy": res["accuracy"]["style"],
                          "per_object_accuracy": res["accuracy"]["object"]})

@@ -133,7 +133,7 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
                  "processes": accelerator.num_processes, "torch_threads": torch.get_num_threads()},
         "torch": torch.__version__,
     }
-    meta.update(algo.run_info())
+    meta["run"] = algo.run_info()
     if accelerator.is_main_process:
         trained = list(algo.trainable_parameters())
         meta = save_artifact(out, algo.changed_components(), meta, trained, algo.extra_tensors(), overwrite,

@@ -79,7 +79,7 @@ def training_target(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, alph
     return a.sqrt() * noise - (1 - a).sqrt() * z0
 
 
-def cfg_eps(unet, z: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor, uncond: torch.Tensor,
+def cfg_prediction(unet, z: torch.Tensor, t: torch.Tensor | int, cond: torch.Tensor, uncond: torch.Tensor,
             scale: float) -> torch.Tensor:
     """Classifier-free guided prediction out(∅) + s (out(c) - out(∅)) in one batched call (eps or v)."""
     n = z.shape[0]
@@ -109,7 +109,7 @@ def partial_ddim(unet, z: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
     """Run the first ``n_steps`` of CFG DDIM from ``z`` (at ``timesteps[0]``); n_steps may be len(timesteps)."""
     for j in range(n_steps):
         t = timesteps[j]
-        pred = cfg_eps(unet, z, t, cond, uncond, scale)
+        pred = cfg_prediction(unet, z, t, cond, uncond, scale)
         a_prev = alphas_cumprod[timesteps[j + 1]] if j + 1 < len(timesteps) else alpha_final
         z = ddim_step(z, pred, alphas_cumprod[t], a_prev, kind)
     return z

@@ -7,6 +7,7 @@ Everything else (optimizer stepping, precision, devices, checkpoints, timing, sa
 from __future__ import annotations
 
 import dataclasses
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -80,7 +81,7 @@ def describe_config(config_cls: type) -> list[str]:
     return lines
 
 
-class Method:
+class Method(ABC):
     """Base class. Subclasses set ``name``, ``Config``, ``embedded_preset`` and implement the duties.
 
     ``model`` is whatever the method works on (a ``StableDiffusionPipeline`` for the diffusion
@@ -100,21 +101,21 @@ class Method:
         self.model = model
         self.device = torch.device(device)
 
-    # ---- the three duties -------------------------------------------------------------
+    # ---- the duties (setup may stay empty) ------------------------------------------------
     def setup(self, generator: torch.Generator) -> None:
         """One-off preparation (frozen copies, data, masks) before the first step."""
 
+    @abstractmethod
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Named parameters (``component.param_name``) the optimizer moves."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
         """The scalar loss of one (micro-)step; all randomness must come from ``generator``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def changed_components(self) -> dict[str, nn.Module]:
         """The components the artifact must store, by pipeline attribute name."""
-        raise NotImplementedError
 
     # ---- optional hooks ---------------------------------------------------------------
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -132,7 +133,7 @@ class Method:
         return int(self.config.steps)
 
     def run_info(self) -> dict[str, Any]:
-        """Facts decided during the run (e.g. a drawn remap target) that ``erase.json`` should record."""
+        """Facts decided during the run (e.g. a drawn remap target), recorded as ``erase.json``'s ``run``."""
         return {}
 
 

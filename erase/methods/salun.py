@@ -46,7 +46,7 @@ class SalUnConfig:
     remap_to: str = option("random", "concept the forget prompts are mapped to: random (another concept of the "
                            "same kind, drawn per sample), random-once (one drawn for the whole run) or a name",
                            "paper: random label")
-    remap_pool: list = option([], "candidates for remap_to=random (default: the domain's other concepts)")
+    remap_pool: list = option([], "candidates for remap_to=random or random-once (default: the domain's other concepts)")
     forget_prompts: list = option([], "forget prompt templates; default: the domain caption grid, "
                                   "else 'an image of {concept}'", "dataset.py L38")
     retain_prompts: list = option([], "retain prompts; default: every domain caption without the concept")

@@ -95,5 +95,5 @@ def test_cli_saves_the_mask_with_the_artifact(tiny_sd_dir, tmp_path):
                  "--steps", "2", "--quiet"] + [f"{k}={v}" for k, v in SMALL.items()]) == 0
     mask = read_extra(out, "salun_mask")
     meta = json.loads((out / "erase.json").read_text())
-    assert meta["extra_files"] == ["salun_mask.safetensors"] and abs(meta["mask_fraction"] - 0.5) < 0.01
+    assert meta["extra_files"] == ["salun_mask.safetensors"] and abs(meta["run"]["mask_fraction"] - 0.5) < 0.01
     assert len(mask) == meta["components"]["unet"]["tensors"] and mask[next(iter(mask))].dtype == torch.uint8
