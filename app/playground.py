@@ -1,7 +1,7 @@
 """erase-playground: type a prompt, see the base model and an erased model side by side.
 
 The base pipeline is loaded once; each erased artifact gets its own copy of only the
-components it changed (``erase.artifacts.apply_artifact``, strict and hash-checked), the rest
+components it changed (``erase.loading.erased_copy``: strict and hash-checked), the rest
 is shared, so comparing a Stable Diffusion 1.5 erasure costs one extra UNet, not a second
 pipeline. Both images of a pair come from the same seed, so every difference is the erasure.
 
@@ -12,18 +12,19 @@ pipeline. Both images of a pair come from the same seed, so every difference is 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from erase.artifacts import ArtifactError, apply_artifact, read_metadata
-from erase.methods.base import find_domain
+from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
+from erase.artifacts import ArtifactError, EraseRecord, read_record
+from erase.concepts import find_domain
+from erase.loading import base_id, erased_copy
 from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, ModelLoadError, generate, load_pipeline
 
 DISPLAY_SIZE = 256  # the embedded model draws 32 px; show it large enough to see, without smoothing
@@ -49,35 +50,23 @@ def example_prompts(concept: str, kind: str) -> list[str]:
 class Playground:
     """A base pipeline and the erased pipelines built on it, keyed by a label per artifact."""
 
-    def __init__(self, model: str | None, artifacts: Sequence[str | Path], device: str | None = None):
+    def __init__(self, model: str | None, artifacts: Sequence[str | Path], device: str | None = None,
+                 base: StableDiffusionPipeline | None = None):
+        """``base``: an already loaded base pipeline to build on (it is shared, never changed)."""
         if not artifacts:
             raise ArtifactError("give at least one --artifact folder made by erase-concept")
-        metas = [read_metadata(a) for a in artifacts]
-        if model is None:  # the base the first artifact was made from
-            model = metas[0].get("base_model", {}).get("id")
-            model = None if model == EMBEDDED_MODEL_NAME else model
-        self.base = load_pipeline(model)
+        records = [read_record(a) for a in artifacts]
+        # the base the first artifact was made from, unless named
+        self.base = base if base is not None else load_pipeline(base_id(records[0], model))
         self.erased: dict[str, StableDiffusionPipeline] = {}
-        self.metadata: dict[str, dict] = {}
-        for folder, meta in zip(artifacts, metas):
-            label = f"{meta['method']}: {meta['concept']} ({Path(folder).name})"
-            self.erased[label] = self._apply(folder, meta)
-            self.metadata[label] = meta
+        self.metadata: dict[str, EraseRecord] = {}
+        for folder, record in zip(artifacts, records):
+            label = f"{record.method}: {record.concept} ({Path(folder).name})"
+            self.erased[label] = erased_copy(self.base, folder)  # ArtifactError when a component is missing or differs
+            self.metadata[label] = record
         if device is not None:
             for pipe in (self.base, *self.erased.values()):
                 pipe.to(device)
-
-    def _apply(self, folder: str | Path, meta: dict) -> StableDiffusionPipeline:
-        components = dict(self.base.components)
-        changed = {name: copy.deepcopy(components.get(name)) for name in meta["components"]}
-        apply_artifact(folder, changed)  # raises ArtifactError when a component is missing or differs
-        components.update(changed)
-        # Its own scheduler: set_timesteps mutates scheduler state, which two pipelines must not share.
-        components["scheduler"] = DDIMScheduler.from_config(self.base.scheduler.config)
-        pipe = StableDiffusionPipeline(**components)
-        pipe.scheduler = components["scheduler"]  # the constructor may rewrite clip_sample; keep the base's
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
 
     def compare(self, prompt: str, label: str, seed: int, steps: int, guidance: float
                 ) -> tuple[Image.Image, Image.Image, str]:
@@ -93,9 +82,9 @@ class Playground:
         seed = int(seed)
         images = [generate(pipe, [prompt], [seed], steps=steps, guidance_scale=float(guidance), batch_size=1)[0]
                   for pipe in (self.base, self.erased[label])]
-        meta = self.metadata[label]
-        caption = (f"seed {seed}, {steps} DDIM steps, guidance {guidance:g}; erased: {meta['method']} on "
-                   f"{meta['concept']!r} ({meta['kind']}), base {meta.get('base_model', {}).get('id')}")
+        record = self.metadata[label]
+        caption = (f"seed {seed}, {steps} DDIM steps, guidance {guidance:g}; erased: {record.method} on "
+                   f"{record.concept!r} ({record.kind}), base {record.base_model.get('id')}")
         return _display(images[0]), _display(images[1]), caption
 
 
@@ -113,7 +102,7 @@ def build_app(playground: Playground, default_steps: int = 25, default_guidance:
 
     labels = list(playground.erased)
     first = playground.metadata[labels[0]]
-    examples = example_prompts(first["concept"], first["kind"])
+    examples = example_prompts(first.concept, first.kind)
 
     def run(prompt, label, seed, steps, guidance):
         try:
@@ -153,15 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.unlearncanvas.answer_set import SAMPLER_DEFAULTS
-
     args = build_parser().parse_args(argv)
     try:
         playground = Playground(args.model, args.artifact, args.device)
     except (ArtifactError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    embedded = all(m.get("base_model", {}).get("id") == EMBEDDED_MODEL_NAME for m in playground.metadata.values())
+    embedded = all(r.base_model.get("id") == EMBEDDED_MODEL_NAME for r in playground.metadata.values())
     steps, guidance = SAMPLER_DEFAULTS["minicanvas" if embedded else "unlearncanvas"]
     if torch.cuda.is_available() and args.device is None:
         print("note: running on the CPU; pass --device cuda to use the GPU", file=sys.stderr)

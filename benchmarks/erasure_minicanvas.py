@@ -15,18 +15,26 @@ is scored the same way first, as the "no erasure" row. Figures, configs, seeds a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from benchmarks.minicanvas_base import DEFAULT_SEEDS, folder_hash, hardware
-from benchmarks.unlearncanvas.answer_set import SAMPLER_DEFAULTS
-from benchmarks.unlearncanvas.classifier import SHIPPED_DIR as CLASSIFIER_DIR
+from benchmarks.unlearncanvas.evaluate import (
+    EvalConfig, Results, describe_model, evaluate, evaluation_device, load_model)
+from benchmarks.unlearncanvas.judges import Judges, load_judges
+from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
+from erase.cli import erase_concept
+from erase.concepts import SEEDS
+from erase.loading import erased_copy
+from erase.provenance import folder_hash, hardware
+from pipelines.judges import MINICANVAS_CLASSIFIER_DIR
 from pipelines.stable_diffusion import resolve_model
 
 RESULTS_FILE = Path(__file__).parent / "results" / "erasure_minicanvas.json"
@@ -35,22 +43,11 @@ TIME_LIMIT_S = 600
 KEPT = ("UA", "IRA", "CRA", "clip_removal_accuracy", "clip_score_retained", "fid")
 
 
-def evaluate(out: Path, targets: Sequence[str], artifact: Path | None, device: str | None, seeds: Sequence[int],
-             steps: int, guidance: float) -> dict:
-    """``unlearncanvas-eval`` on the base model or base + artifact; its results.json content."""
-    from benchmarks.unlearncanvas import run as uc_run
-
-    shutil.rmtree(out, ignore_errors=True)  # never resume an answer set of an older model
-    argv = ["--out", str(out), "--no-progress", "--seeds", *map(str, seeds), "--steps", str(steps),
-            "--guidance", str(guidance)]
-    for target in targets:
-        argv += ["--target", target]
-    argv += ["--artifact", str(artifact)] if artifact else []
-    argv += ["--device", device] if device else []
-    code = uc_run.main(argv)
-    if code != 0:
-        raise RuntimeError(f"unlearncanvas-eval {' '.join(argv)} exited {code}")
-    return json.loads((out / uc_run.RESULTS_JSON).read_text())
+def score_model(pipe, info: dict[str, Any], out: Path, targets: Sequence[str], config: EvalConfig,
+                judges: Judges) -> Results:
+    """``evaluate`` on a fresh answer set in ``out`` (never one of an older model)."""
+    shutil.rmtree(out, ignore_errors=True)
+    return evaluate(pipe, dataclasses.replace(config, targets=list(targets), out=out), model_info=info, judges=judges)
 
 
 def _row(target_row: dict) -> dict:
@@ -70,14 +67,16 @@ def _options(opts: Sequence[str], method: str, kind: str) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from erase.cli import erase_concept
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["esd", "salun"])
+    p.add_argument("--model", default=None, help="base model folder (default: the embedded minicanvas-sd, whose "
+                   "presets the figures use)")
+    p.add_argument("--kinds", nargs="+", choices=("style", "object"), default=["style", "object"],
+                   help="which targets to erase (default: both)")
     p.add_argument("--style-target", default="Candy")
     p.add_argument("--object-target", default="Fish")
     p.add_argument("--seed", type=int, default=0, help="erasure seed")
-    p.add_argument("--eval-seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    p.add_argument("--eval-seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--eval-steps", type=int, default=SAMPLER_DEFAULTS["minicanvas"][0])
     p.add_argument("--eval-guidance", type=float, default=SAMPLER_DEFAULTS["minicanvas"][1])
     p.add_argument("--opt", action="append", default=[], help="method[.kind]:key=value, e.g. esd.style:lr=3e-4")
@@ -89,46 +88,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
-    eval_kw = dict(device=args.device, seeds=args.eval_seeds, steps=args.eval_steps, guidance=args.eval_guidance)
-    targets = {"style": args.style_target, "object": args.object_target}
-    base = evaluate(work / "eval-base", list(targets.values()), None, **eval_kw)
-    base_rows = {r["target"]: _row(r) for r in base["targets"]}
-    for r in base["targets"]:
-        print(f"base   {r['kind']:6s} {r['target']:10s} UA {r['UA']:.1%}  IRA {r['IRA']:.1%}  CRA {r['CRA']:.1%}")
+    targets = {kind: target for kind, target in (("style", args.style_target), ("object", args.object_target))
+               if kind in args.kinds}
+    config = EvalConfig(seeds=args.eval_seeds, steps=args.eval_steps, guidance=args.eval_guidance,
+                        device=args.device, progress=False)
+    _, device = evaluation_device(args.device)
     runs = []
-    for method in args.methods:
-        for kind, target in targets.items():
-            out = work / f"{method}-{target.lower()}"
-            options = _options(args.opt, method, kind)
-            t0 = time.perf_counter()
-            out, meta = erase_concept(method, target, kind, output=out, options=options, seed=args.seed,
-                                      overwrite=True, device=args.device)
-            wall = time.perf_counter() - t0
-            res = evaluate(work / f"eval-{out.name}", [target], out, **eval_kw)
-            scores = _row(res["targets"][0])
-            ok = all(scores[k] >= v for k, v in THRESHOLDS.items()) and wall < TIME_LIMIT_S
-            runs.append({"method": method, "target": target, "kind": kind, "seed": args.seed, **scores,
-                         "passes": ok, "erase_wall_seconds": round(wall, 1), "cost": meta["cost"],
-                         "config": meta["config"], "preset": meta["preset"], "cli_options": options,
-                         "run_info": meta["run"],
-                         "artifact": str(out), "eval_seconds": res["seconds"]["total"],
-                         "per_theme_accuracy": res["accuracy"]["style"],
-                         "per_object_accuracy": res["accuracy"]["object"]})
-            print(f"{method:6s} {kind:6s} {target:10s} UA {scores['UA']:.1%}  IRA {scores['IRA']:.1%}  "
-                  f"CRA {scores['CRA']:.1%}  erase {wall:.0f} s  {'PASS' if ok else 'FAIL'}", flush=True)
+    with load_judges(config, device) as judges:  # one classifier, CLIP and reference set for every model
+        base_pipe, base_info = load_model(args.model, device=device)
+        base = score_model(base_pipe, base_info, work / "eval-base", list(targets.values()), config, judges)
+        base_rows = {r["target"]: _row(r) for r in base.targets}
+        for r in base.targets:
+            print(f"base   {r['kind']:6s} {r['target']:10s} UA {r['UA']:.1%}  IRA {r['IRA']:.1%}  CRA {r['CRA']:.1%}")
+        for method in args.methods:
+            for kind, target in targets.items():
+                options = _options(args.opt, method, kind)
+                t0 = time.perf_counter()
+                out, record = erase_concept(method, target, kind, model=args.model,
+                                            output=work / f"{method}-{target.lower()}", options=options,
+                                            seed=args.seed, overwrite=True, device=args.device)
+                wall = time.perf_counter() - t0
+                res = score_model(erased_copy(base_pipe, out), describe_model(args.model, artifact=out),
+                                  work / f"eval-{out.name}", [target], config, judges)
+                scores = _row(res.targets[0])
+                ok = all(scores[k] >= v for k, v in THRESHOLDS.items()) and wall < TIME_LIMIT_S
+                runs.append({"method": method, "target": target, "kind": kind, "seed": args.seed, **scores,
+                             "passes": ok, "erase_wall_seconds": round(wall, 1), "cost": record.cost,
+                             "config": record.config, "preset": record.preset, "cli_options": options,
+                             "run_info": record.run,
+                             "artifact": os.path.relpath(out), "eval_seconds": res.seconds["total"],
+                             "per_theme_accuracy": res.accuracy["style"],
+                             "per_object_accuracy": res.accuracy["object"]})
+                print(f"{method:6s} {kind:6s} {target:10s} UA {scores['UA']:.1%}  IRA {scores['IRA']:.1%}  "
+                      f"CRA {scores['CRA']:.1%}  erase {wall:.0f} s  {'PASS' if ok else 'FAIL'}", flush=True)
     result = {
         "benchmark": "erasure_minicanvas (issue 4 acceptance)", "thresholds": THRESHOLDS,
         "time_limit_seconds": TIME_LIMIT_S, "runs": runs,
-        "base_model": {"targets": base_rows, "per_theme_accuracy": base["accuracy"]["style"],
-                       "per_object_accuracy": base["accuracy"]["object"]},
-        "produced_by": {"scorer": "unlearncanvas-eval (benchmarks.unlearncanvas.run): MiniCanvas classifier, both "
-                                  "heads, argmax; CLIP = " + str((base.get("clip") or {}).get("scorer")) +
-                                  "; FID = " + str((base.get("fid") or {}).get("features")),
-                        "fid_reference": (base.get("fid") or {}).get("reference"),
-                        "model": "minicanvas-sd", "model_sha256_16": folder_hash(resolve_model(None)),
-                        "classifier_sha256_16": folder_hash(CLASSIFIER_DIR),
+        "base_model": {"targets": base_rows, "per_theme_accuracy": base.accuracy["style"],
+                       "per_object_accuracy": base.accuracy["object"]},
+        "produced_by": {"scorer": "unlearncanvas-eval (benchmarks.unlearncanvas.evaluate): MiniCanvas classifier, "
+                                  "both heads, argmax; CLIP = " + str((base.clip or {}).get("scorer")) +
+                                  "; FID = " + str((base.fid or {}).get("features")),
+                        "fid_reference": (base.fid or {}).get("reference"),
+                        "model": base_info["base"], "model_sha256_16": folder_hash(resolve_model(args.model)),
+                        "classifier_sha256_16": folder_hash(MINICANVAS_CLASSIFIER_DIR),
                         "prompts": "11 themes x 10 objects, 'A {object} image in {style} style.'",
-                        "eval_seeds": args.eval_seeds, "samples_per_model": base["answer_set"]["images"],
+                        "eval_seeds": args.eval_seeds, "samples_per_model": base.answer_set["images"],
                         "sampler": "DDIM eta 0", "steps": args.eval_steps, "guidance_scale": args.eval_guidance,
                         "hardware": hardware(), "torch": torch.__version__},
     }

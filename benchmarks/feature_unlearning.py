@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,28 +31,31 @@ import torch
 from scipy import linalg
 
 from benchmarks.unlearncanvas.report import labelled_grid
-from erase.methods.base import build_config
-from erase.methods.feature_unlearning import (FeatureUnlearningConfig, Judge, save_unlearned, unlearn_feature)
-from pipelines.generators import load_generator, seeded_latents
+from erase.cli import erase_concept
+from erase.concepts import MINICANVAS
+from erase.loading import load_erased_generator
+from erase.methods.feature_unlearning import Direction, Judge
+from erase.provenance import hardware
+from pipelines.generators import GeneratorError, load_generator, resolve_generator, seeded_latents
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "feature_unlearning.json"
 IMAGES = ROOT / "docs" / "images"
 EVAL_SEED = 12345
-# (generator, feature, role, method overrides). Digit 8 is the documented negative control (reference
-# section 5). Steps are below the reference's 3,000 to fit a shared 2-core CPU. On the blurry
-# MiniCanvas VAE the midpoint threshold leaves 17-50 % of most styles (pre-check in the docs); Forest
-# is the style it removes; Fire with the pooled threshold shows the trade-off (removed, but the mix shifts).
+# (generator, feature, role, method overrides on top of the world's preset: steps and batch size come
+# from erase/methods/presets/feature-unlearning.<dataset>.toml). Digit 8 is the documented negative
+# control (reference section 5). On the blurry MiniCanvas VAE the midpoint threshold leaves 17-50 % of
+# most styles (pre-check in the docs); Forest is the style it removes; Fire with the pooled threshold
+# shows the trade-off (removed, but the mix shifts).
 CASES: tuple[tuple[str, str, str, dict], ...] = (
-    ("digits-vae", "7", "target", {"steps": 1500}),
-    ("digits-vae", "8", "negative control", {"steps": 1500}),
-    ("minicanvas-vae", "Forest", "target", {"steps": 600, "batch_size": 128}),
-    ("minicanvas-vae", "Fire", "pooled-threshold trade-off", {"threshold": "pooled", "steps": 600, "batch_size": 128}),
-    ("digits-gan", "7", "target", {"steps": 1500}),
+    ("digits-vae", "7", "target", {}),
+    ("digits-vae", "8", "negative control", {}),
+    ("minicanvas-vae", "Forest", "target", {}),
+    ("minicanvas-vae", "Fire", "pooled-threshold trade-off", {"threshold": "pooled"}),
+    ("digits-gan", "7", "target", {}),
 )
-FEATURE_SPACE = {"digits": "DigitsClassifier penultimate ReLU (64-d), benchmarks/assets/digits_classifier",
-                 "minicanvas": "MiniCanvasClassifier pooled features (128-d), "
-                               "benchmarks/unlearncanvas/assets/minicanvas_classifier"}
+FEATURE_SPACE = {"digits": "DigitsClassifier penultimate ReLU (64-d), pipelines/assets/digits_classifier",
+                 "minicanvas": "MiniCanvasClassifier pooled features (128-d), pipelines/assets/minicanvas_classifier"}
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,10 +102,8 @@ def evaluate(base, new, judge: Judge, direction, step: str, count: int, grid_pat
     out["relative_cut_pct"] = round(100 * (before - out["share_after_pct"]) / before, 1) if before else None
     heads = {judge.head: (judge.classes(xf), judge.classes(xg), judge.names)}
     if judge.classifier == "minicanvas":
-        from benchmarks.unlearncanvas.minicanvas import DOMAIN
-
         (tf, of), (tg, og) = judge.model.predict(xf), judge.model.predict(xg)
-        heads = {"theme": (tf, tg, DOMAIN.themes), "object": (of, og, DOMAIN.objects)}
+        heads = {"theme": (tf, tg, MINICANVAS.themes), "object": (of, og, MINICANVAS.objects)}
     out["class_shares_pct"], worst = {}, 0.0
     for head, (cf, cg, names) in heads.items():
         sf, sg = shares(cf, names), shares(cg, names)
@@ -123,26 +124,25 @@ def evaluate(base, new, judge: Judge, direction, step: str, count: int, grid_pat
     return out
 
 
-def run_case(generator: str, feature: str, role: str, overrides: dict, count: int, save_dir: Path | None) -> dict:
-    base = load_generator(generator)
-    cfg = build_config(FeatureUnlearningConfig, overrides)
+def run_case(generator: str, feature: str, role: str, overrides: dict, count: int, save_dir: Path) -> dict:
+    """Unlearn through ``erase-concept``'s own path, then score base and artifact on fresh latents."""
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        new, meta = unlearn_feature(base, feature, config=cfg)
+        warnings.simplefilter("always", UserWarning)
+        path, record = erase_concept("feature-unlearning", feature, model=generator,
+                                     output=save_dir / f"{generator}-{feature}", options=overrides,
+                                     overwrite=True, progress=False)
+    base, new = load_generator(generator), load_erased_generator(path)
     judge = Judge(base.dataset, feature)
-    from erase.methods.feature_unlearning import Direction
-    d = meta["direction"]
+    d = record.run["direction"]
     direction = Direction(torch.tensor(d["u"]), d["norm"], d["threshold"], d["auc"], d["positives"], d["negatives"],
                           d["threshold_mode"])
     grid = IMAGES / f"feature_unlearning_{generator}_{judge.feature}.png"
-    result = {"generator": generator, "feature": judge.feature, "role": role,
-              "scorer": f"{judge.classifier} classifier, head {judge.head}",
-              "fd_features": FEATURE_SPACE[judge.classifier],
-              **evaluate(base, new, judge, direction, cfg.step, count, grid),
-              "warnings": [str(w.message) for w in caught], "overrides": overrides, "method": meta}
-    if save_dir is not None:
-        save_unlearned(save_dir / f"{generator}-{judge.feature}", new, meta)
-    return result
+    return {"generator": generator, "feature": judge.feature, "role": role,
+            "scorer": f"{judge.classifier} classifier, head {judge.head}",
+            "fd_features": FEATURE_SPACE[judge.classifier],
+            **evaluate(base, new, judge, direction, record.config["step"], count, grid),
+            "warnings": [str(w.message) for w in caught if "linearly editable" in str(w.message)],
+            "overrides": overrides, "method": record.to_json()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,14 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override the method's steps (default 3000)")
     parser.add_argument("--eval", type=int, default=5000, help="evaluation latents per case")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--save-models", default="outputs/feature_unlearning", help="'' to skip")
+    parser.add_argument("--save-models", default="outputs/feature_unlearning",
+                        help="folder for the unlearned artifacts ('' for a temporary one)")
     args = parser.parse_args(argv)
-    from pipelines.generators import GeneratorError, resolve_generator
     known = {(g, f): (g, f, r, o) for g, f, r, o in CASES}
     cases = [known.get(tuple(c.split(":", 1)), tuple(c.split(":", 1)) + ("target", {})) for c in args.case] \
         if args.case else list(CASES)
     out = Path(args.out)
     results, t0 = [], time.time()
+    tmp = tempfile.TemporaryDirectory(prefix="feature-unlearning-")
+    save_dir = Path(args.save_models) if args.save_models else Path(tmp.name)
     for generator, feature, role, case_overrides in cases:
         overrides = dict(case_overrides, **({"steps": args.steps} if args.steps else {}))
         try:
@@ -169,15 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"skip {generator}:{feature}: {err}", file=sys.stderr)
             continue
         t = time.time()
-        r = run_case(generator, feature, role, overrides, args.eval,
-                     Path(args.save_models) if args.save_models else None)
+        r = run_case(generator, feature, role, overrides, args.eval, save_dir)
         r["case_seconds"] = round(time.time() - t, 1)
         results.append(r)
         print(f"{generator}:{r['feature']} ({role}): share {r['share_before_pct']}% -> {r['share_after_pct']}% "
-              f"(ceiling {r['shift_ceiling_pct']}%, cut {r['relative_cut_pct']}%), AUC {r['method']['direction']['auc']}, "
+              f"(ceiling {r['shift_ceiling_pct']}%, cut {r['relative_cut_pct']}%), AUC {r['method']['run']['direction']['auc']}, "
               f"FD_clf(g, f feature-free) {r['fd_clf_g_vs_f_feature_free']} [f itself: {r['fd_clf_f_vs_f_feature_free']}], "
               f"max retained change {r['max_retained_change_points']} pts, drift {r['drift_unflagged']}, "
               f"{r['eval_latents']} latents, {r['case_seconds']} s", flush=True)
+    tmp.cleanup()
     done = {(r["generator"], r["feature"]) for r in results}
     previous = json.loads(out.read_text())["cases"] if out.is_file() else []  # other cases' last results are kept
     results = [r for r in previous if (r["generator"], r["feature"]) not in done] + results
@@ -185,8 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         r["role"] = roles.get((r["generator"], r["feature"]), r["role"])
     report = {"benchmark": "feature unlearning (Moon, Cho, Kim, AAAI 2024)", "cases": results,
-              "hardware": f"{platform.machine()} CPU ({platform.processor() or 'unknown'}), 2 cores shared, "
-                          f"torch threads {torch.get_num_threads()}, torch {torch.__version__}",
+              "hardware": f"{hardware()}, torch {torch.__version__}",
               "seconds": round(time.time() - t0, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -10,50 +10,33 @@ with everything that produced them (model hash, classifier, seeds, sampler, hard
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
-from benchmarks.unlearncanvas import minicanvas
-from benchmarks.unlearncanvas.answer_set import SAMPLER_DEFAULTS
-from benchmarks.unlearncanvas.classifier import SHIPPED_DIR as CLASSIFIER_DIR
-from benchmarks.unlearncanvas.classifier import CheckpointError, MiniCanvasClassifier
+from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
 from benchmarks.unlearncanvas.report import labelled_grid
-from pipelines.minicanvas_model import caption
+from erase.concepts import MINICANVAS, SEEDS
+from erase.provenance import folder_hash, hardware
+from pipelines.judges import MINICANVAS_CLASSIFIER_DIR as CLASSIFIER_DIR
+from pipelines.judges import MiniCanvasClassifier
 from pipelines.stable_diffusion import ModelLoadError, generate, load_pipeline, resolve_model
+from pipelines.weights import CheckpointError
 
-DEFAULT_SEEDS = (188, 288, 588, 688, 888)  # the UnlearnCanvas evaluation seeds
+DEFAULT_SEEDS = SEEDS  # the UnlearnCanvas evaluation seeds
 RESULTS_FILE = Path(__file__).parent / "results" / "minicanvas_base.json"
-
-
-def folder_hash(folder: str | Path) -> str:
-    """sha256 over the safetensors files of a pipeline folder: names what was measured."""
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).rglob("*.safetensors")):
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def evaluate_grid(model: str | None, classifier_dir: str | Path, seeds: Sequence[int], steps: int,
                   guidance: float, batch_size: int = 110) -> dict:
     pipe = load_pipeline(model)
     judge = MiniCanvasClassifier.from_pretrained(classifier_dir)
-    cells = [(t, o) for t in minicanvas.THEMES for o in minicanvas.OBJECTS]
-    prompts = [caption(t, o) for s in seeds for t, o in cells]
+    cells = [(t, o) for t in MINICANVAS.themes for o in MINICANVAS.objects]
+    prompts = [MINICANVAS.prompt(t, o) for s in seeds for t, o in cells]
     image_seeds = [s for s in seeds for _ in cells]
     t0 = time.time()
     images = generate(pipe, prompts, image_seeds, steps=steps, guidance_scale=guidance, batch_size=batch_size)
@@ -63,7 +46,7 @@ def evaluate_grid(model: str | None, classifier_dir: str | Path, seeds: Sequence
     style_true = torch.tensor([judge.themes.index(t) for _ in seeds for t, _o in cells])
     object_true = torch.tensor([judge.objects.index(o) for _ in seeds for _t, o in cells])
     style_ok, object_ok = (style_pred == style_true), (object_pred == object_true)
-    n_t, n_o = len(minicanvas.THEMES), len(minicanvas.OBJECTS)
+    n_t, n_o = len(MINICANVAS.themes), len(MINICANVAS.objects)
     per_style = style_ok.view(len(seeds), n_t, n_o).float().mean(dim=(0, 2))
     per_object = object_ok.view(len(seeds), n_t, n_o).float().mean(dim=(0, 1))
     return {
@@ -71,12 +54,12 @@ def evaluate_grid(model: str | None, classifier_dir: str | Path, seeds: Sequence
         "result": {
             "style_accuracy": round(style_ok.float().mean().item(), 4),
             "object_accuracy": round(object_ok.float().mean().item(), 4),
-            "per_style": {t: round(v, 4) for t, v in zip(minicanvas.THEMES, per_style.tolist())},
-            "per_object": {o: round(v, 4) for o, v in zip(minicanvas.OBJECTS, per_object.tolist())},
+            "per_style": {t: round(v, 4) for t, v in zip(MINICANVAS.themes, per_style.tolist())},
+            "per_object": {o: round(v, 4) for o, v in zip(MINICANVAS.objects, per_object.tolist())},
             "produced_by": {
                 "model": resolve_model(model), "model_sha256_16": folder_hash(resolve_model(model)),
                 "classifier": str(classifier_dir), "classifier_sha256_16": folder_hash(classifier_dir),
-                "prompts": f"{n_t} styles x {n_o} objects, template '{caption('{style}', '{object}')}'",
+                "prompts": f"{n_t} styles x {n_o} objects, template '{MINICANVAS.prompt('{style}', '{object}')}'",
                 "seeds": list(seeds), "samples": len(prompts), "sampler": "DDIM eta 0", "steps": steps,
                 "guidance_scale": guidance, "hardware": hardware(), "generation_seconds": round(seconds, 1),
                 "torch": torch.__version__,
@@ -103,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run["result"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grid = labelled_grid(run["images"][0], minicanvas.THEMES, minicanvas.OBJECTS, scale=3,
+    grid = labelled_grid(run["images"][0], MINICANVAS.themes, MINICANVAS.objects, scale=3,
                          title=f"minicanvas-sd, seed {args.seeds[0]}: rows = style prompt, columns = object prompt")
     grid.save(out / "grid.png")
     (out / "results.json").write_text(json.dumps(res, indent=1))

@@ -1,11 +1,12 @@
-"""An erased model on disk: the changed component(s) in diffusers/transformers format plus ``erase.json``.
+"""An erased model on disk: the changed component(s) plus ``erase.json``; the only reader/writer of both.
 
 Layout of an artifact folder::
 
-    erase.json                      method, config, concept, base model id and hashes, version, cost
+    erase.json                      the EraseRecord below (one schema for diffusion and generator artifacts)
     unet/config.json                a whole component (format "full"), saved with save_pretrained
     unet/diffusion_pytorch_model.safetensors
     unet/changed.safetensors        or only its trained tensors (format "partial"), when much smaller
+    decoder/model.safetensors       a plain nn.Module component (a GAN/VAE sampler): its state dict
     salun_mask.safetensors          extra tensors a method keeps (e.g. SalUn's saliency mask)
 
 The folder is built under a hidden temporary name beside the target and renamed into place at
@@ -16,11 +17,12 @@ that the base is the one the artifact was made from.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +30,70 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from erase.checkpoint import CheckpointError, read_tensors
+from erase.provenance import module_sha256
+from pipelines.weights import CheckpointError, read_tensors
 
 ERASE_JSON = "erase.json"
 PARTIAL_FILE = "changed.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PARTIAL_BELOW = 0.25  # "auto" stores only the trained tensors when they are under 25% of the component
+COMPONENT_FORMATS = ("full", "partial")
 
 
 class ArtifactError(ValueError):
     """An artifact folder that cannot be written or read; the message is one line for the user."""
 
 
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
+@dataclass
+class EraseRecord:
+    """The content of ``erase.json``; README.md ("The artifact") documents every key."""
 
-        return version("erase")
-    except Exception:  # not installed (running from a checkout)
-        return "0.1.0"
+    method: str  # registry name
+    method_kind: str  # gradient | step | closed-form
+    concept: str  # as the user gave it
+    concept_name: str  # canonical name in its benchmark domain (or the text itself)
+    kind: str  # style | object (diffusion), feature (generators)
+    domain: str | None  # minicanvas | unlearncanvas | None
+    config: dict[str, Any]  # every method option, after presets and overrides
+    preset: dict[str, Any] | None  # {"name", "overrides"} when a world preset applied
+    base_model: dict[str, Any]  # {"id", "type": diffusion|generator}
+    seed: int
+    trainer: dict[str, Any] | None  # TrainerConfig; None for a closed-form edit
+    train: dict[str, Any]  # kind, steps, final_loss, resumed_from, first/last losses
+    cost: dict[str, Any]  # seconds, peak memory (whole run), device, processes, threads, artifact_bytes
+    run: dict[str, Any] = field(default_factory=dict)  # what the method decided while running
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)  # filled by save_artifact
+    extra_files: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
 
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def module_sha256(module: nn.Module) -> str:
-    """Hash of a component's state (names, shapes, float32 values): identifies the base weights."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu")
-        t = t.float() if t.is_floating_point() else t
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    @classmethod
+    def from_json(cls, data: Any, source: Path) -> "EraseRecord":
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{source} holds no JSON object")
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ArtifactError(f"{source} lacks key {missing[0]!r} (format_version "
+                                f"{data.get('format_version', '?')}; this erase reads {FORMAT_VERSION})")
+        record = cls(**{k: v for k, v in data.items() if k in names})
+        if not isinstance(record.components, dict) or not record.components:
+            raise ArtifactError(f"{source} names no components")
+        for name, entry in record.components.items():
+            for key in ("format", "tensors"):
+                if not isinstance(entry, dict) or key not in entry:
+                    raise ArtifactError(f"{source}: component {name!r} lacks key {key!r}")
+            if entry["format"] not in COMPONENT_FORMATS:
+                raise ArtifactError(f"{source}: component {name!r} has format {entry['format']!r}; "
+                                    f"known: {', '.join(COMPONENT_FORMATS)}")
+        if not isinstance(record.base_model, dict) or "id" not in record.base_model:
+            raise ArtifactError(f"{source}: base_model lacks key 'id'")
+        return record
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -101,22 +137,23 @@ def _save_full(module: nn.Module, folder: Path) -> None:
                   folder / "model.safetensors")
 
 
-def save_artifact(out: str | Path, components: dict[str, nn.Module], metadata: dict[str, Any],
+def save_artifact(out: str | Path, components: dict[str, nn.Module], record: EraseRecord,
                   trained: list[str] | None = None, extra: dict[str, dict[str, torch.Tensor]] | None = None,
-                  overwrite: bool = False, fmt: str = "auto", base_hashes: dict[str, str] | None = None) -> dict:
-    """Write the artifact atomically and return the ``erase.json`` content.
+                  overwrite: bool = False, fmt: str = "auto", base_hashes: dict[str, str] | None = None
+                  ) -> EraseRecord:
+    """Write the artifact atomically; returns the record as written (components and size filled in).
 
     ``trained`` names the trained parameters as ``component.param``; with ``fmt="auto"`` a component
     is stored partially when those are under 25% of its tensors' size. ``base_hashes`` are the
-    ``module_sha256`` of the components before training (loading checks them).
+    ``module_sha256`` of the components before the erasure (loading checks them).
     """
-    if fmt not in ("auto", "full", "partial"):
+    if fmt not in ("auto", *COMPONENT_FORMATS):
         raise ArtifactError(f"artifact format must be auto, full or partial, got {fmt!r}")
     out = check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        entries = {}
+        record = dataclasses.replace(record, components={}, extra_files=sorted(f"{s}.safetensors" for s in extra or {}))
         for name, module in components.items():
             state = module.state_dict()
             changed = [n[len(name) + 1:] for n in (trained or []) if n.startswith(name + ".")]
@@ -131,16 +168,13 @@ def save_artifact(out: str | Path, components: dict[str, nn.Module], metadata: d
             else:
                 _save_full(module, tmp / name)
                 keys = sorted(state)
-            entries[name] = {"format": use, "class": f"{type(module).__module__}.{type(module).__name__}",
-                             "tensors": keys if use == "partial" else len(keys),
-                             "base_sha256": (base_hashes or {}).get(name)}
+            record.components[name] = {"format": use, "class": f"{type(module).__module__}.{type(module).__name__}",
+                                       "tensors": keys if use == "partial" else len(keys),
+                                       "base_sha256": (base_hashes or {}).get(name)}
         for stem, tensors in (extra or {}).items():
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / f"{stem}.safetensors")
-        size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-        meta = dict(metadata, format_version=FORMAT_VERSION, erase_version=package_version(),
-                    components=entries, extra_files=sorted(f"{s}.safetensors" for s in (extra or {})))
-        meta.setdefault("cost", {})["artifact_bytes"] = size
-        (tmp / ERASE_JSON).write_text(json.dumps(meta, indent=1, default=str))
+        record.cost["artifact_bytes"] = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+        (tmp / ERASE_JSON).write_text(json.dumps(record.to_json(), indent=1, default=str))
         for p in [tmp, *tmp.rglob("*")]:  # mkdtemp and some writers create owner-only entries
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         if out.exists():
@@ -152,13 +186,14 @@ def save_artifact(out: str | Path, components: dict[str, nn.Module], metadata: d
             shutil.rmtree(old)
         else:
             tmp.rename(out)
-        return meta
+        return record
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def read_metadata(artifact: str | Path) -> dict:
+def read_record(artifact: str | Path) -> EraseRecord:
+    """The artifact's ``erase.json`` as an ``EraseRecord``; anything malformed is one ``ArtifactError`` line."""
     artifact = Path(artifact)
     if not artifact.is_dir():
         raise ArtifactError(f"artifact folder {artifact} does not exist")
@@ -166,12 +201,10 @@ def read_metadata(artifact: str | Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{artifact} is not an erase artifact (no {ERASE_JSON})")
     try:
-        meta = json.loads(path.read_text())
-    except ValueError as err:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
         raise ArtifactError(f"corrupt {path}: {err}") from None
-    if not isinstance(meta.get("components"), dict) or not meta["components"]:
-        raise ArtifactError(f"{path} names no components")
-    return meta
+    return EraseRecord.from_json(data, path)
 
 
 def _component_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -189,27 +222,26 @@ def _component_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def apply_artifact(artifact: str | Path, components: dict[str, nn.Module], verify_base: bool = True) -> dict:
-    """Load the artifact's tensors into the given base components, in place; returns ``erase.json``.
+def apply_artifact(artifact: str | Path, components: dict[str, nn.Module], verify_base: bool = True) -> EraseRecord:
+    """Load the artifact's tensors into the given base components, in place; returns its record.
 
     Every tensor the component expects must be in the artifact (format "full"), or every tensor
     listed in ``erase.json`` must be present and fit (format "partial"); nothing loads leniently.
     """
     artifact = Path(artifact)
-    meta = read_metadata(artifact)
-    for name, entry in meta["components"].items():
+    record = read_record(artifact)
+    for name, entry in record.components.items():
         if components.get(name) is None:
             raise ArtifactError(f"the artifact changes component {name!r}, which the base model lacks")
         module = components[name]
         expected = entry.get("base_sha256")
         if verify_base and expected and module_sha256(module) != expected:
             raise ArtifactError(f"the base model's {name} differs from the one {artifact} was made from "
-                                f"(base {meta.get('base_model', {}).get('id')!r})")
+                                f"(base {record.base_model.get('id')!r})")
         tensors = _component_tensors(artifact / name)
         state = module.state_dict()
         if entry["format"] == "partial":
-            listed = set(entry["tensors"])
-            missing = sorted(listed - set(tensors))
+            missing = sorted(set(entry["tensors"]) - set(tensors))
             if missing:
                 raise ArtifactError(f"{artifact / name} lacks {len(missing)} tensor(s) listed in erase.json, "
                                     f"e.g. {missing[0]}")
@@ -226,7 +258,7 @@ def apply_artifact(artifact: str | Path, components: dict[str, nn.Module], verif
         except RuntimeError as err:
             raise ArtifactError(f"{artifact / name} does not fit the base {name}: "
                                 f"{str(err).splitlines()[0]} {str(err).splitlines()[1:2]}") from None
-    return meta
+    return record
 
 
 def read_extra(artifact: str | Path, stem: str) -> dict[str, torch.Tensor]:

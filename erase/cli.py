@@ -1,13 +1,15 @@
-"""erase-concept: remove a concept from a Stable Diffusion 1.x model (or the embedded one).
+"""erase-concept: one path for every method, diffusion model or GAN/VAE generator.
 
     erase-concept --method esd --concept Candy --output erased/esd-candy
-    erase-concept --method salun --concept "Van Gogh" --model runwayml/stable-diffusion-v1-5 remap_to=Monet ...
+    erase-concept --method salun --concept "Van Gogh" --model stable-diffusion-v1-5/stable-diffusion-v1-5 remap_to=Monet
+    erase-concept --method feature-unlearning --model digits-vae --concept 7
 
-Option precedence (later wins): the method's paper defaults, the embedded preset (only when the
-base model is the embedded one; ``--no-preset`` skips it), ``--config FILE.toml``, ``--steps``,
-then ``key=value`` arguments. Every input is checked before anything is written; the artifact is
-built under a temporary name and renamed into place, and checkpoints of an unfinished run sit
-in a hidden ``.<output>.work`` folder beside it until ``--resume`` finishes it.
+Option precedence (later wins): the method's paper defaults, the world's preset (the embedded
+model's, or a shipped generator's dataset; ``--no-preset`` skips it), ``--config FILE.toml``,
+``--steps``, then ``key=value`` arguments (anywhere on the line). Every input is checked before any
+model is built or anything is written; the artifact is built under a temporary name and renamed into
+place, and checkpoints of an unfinished run sit in a hidden ``.<output>.work`` folder beside it
+until ``--resume`` finishes it.
 """
 
 from __future__ import annotations
@@ -19,18 +21,26 @@ import shutil
 import sys
 import time
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from erase.artifacts import ArtifactError, check_output, module_sha256, save_artifact
-from erase.checkpoint import CheckpointError
-from erase.methods import METHODS, MethodConfigError, get_method
-from erase.methods.base import build_config, describe_config, find_domain
-from erase.trainer import NonFiniteLossError, TrainerConfig, TrainingError, make_accelerator, run_method
+from erase.artifacts import ArtifactError, EraseRecord, check_output, save_artifact
+from erase.concepts import Concept, ConceptError, resolve_concept
+from erase.data.layout import DatasetLayoutError
+from erase.methods import METHODS, get_method
+from erase.methods.base import ClosedFormMethod, Method
+from erase.methods.config import MethodConfigError, build_config, describe_config, load_preset
+from erase.provenance import hardware, module_sha256, versions
+from erase.trainer import MAX_SEED, NonFiniteLossError, TrainerConfig, TrainingError, make_accelerator, train
+from pipelines.generators import SHIPPED_ROOT, load_generator, resolve_generator
+from pipelines.stable_diffusion import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME, ModelLoadError, load_pipeline, resolve_model
+from pipelines.weights import CheckpointError
 
 TRAINER_KEYS = ("mixed_precision", "grad_accum", "checkpoint_every", "max_grad_norm")
+MAX_NAME = 80  # characters of the concept kept in the default output folder name
 
 
 class InputError(ValueError):
@@ -38,7 +48,7 @@ class InputError(ValueError):
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "concept"
+    return (re.sub(r"[^\w]+", "-", text).strip("-").lower() or "concept")[:MAX_NAME]
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -69,9 +79,30 @@ def read_config_file(path: str | Path, method: str) -> tuple[dict[str, Any], dic
     return options, trainer
 
 
-def infer_kind(concept: str) -> str:
-    domain = find_domain(concept)
-    return domain.concept_kind(concept) if domain is not None else "object"
+@dataclasses.dataclass
+class BaseModel:
+    """Where the base model comes from, resolved without loading it."""
+
+    source: str  # what the loader takes
+    id: str  # what erase.json records
+    world: str | None  # the preset world: minicanvas for the embedded model, a shipped generator's dataset
+    folder: Path | None  # never written to
+
+
+def resolve_base(cls: type[Method], model: str | None) -> BaseModel:
+    if cls.model_type == "generator":
+        if not model:
+            raise InputError(f"{cls.name} needs --model: a generator folder or a shipped name "
+                             f"({', '.join(sorted(p.name for p in SHIPPED_ROOT.iterdir() if p.is_dir()))})")
+        path = resolve_generator(model)
+        shipped = path.parent == SHIPPED_ROOT
+        world = load_generator(path).dataset or None
+        return BaseModel(str(path), path.name if shipped else str(path.absolute()), world, path)
+    source = resolve_model(model)
+    if Path(source) == EMBEDDED_MODEL_DIR:
+        return BaseModel(source, EMBEDDED_MODEL_NAME, "minicanvas", EMBEDDED_MODEL_DIR)
+    folder = Path(source) if Path(source).is_dir() else None
+    return BaseModel(source, str(folder.absolute()) if folder else source, None, folder)
 
 
 def erase_concept(method: str, concept: str, kind: str | None = None, model: str | None = None,
@@ -79,77 +110,86 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
                   config_file: str | Path | None = None, steps: int | None = None, seed: int = 0,
                   overwrite: bool = False, resume: bool = False, preset: bool = True, device: str | None = None,
                   artifact_format: str = "auto", trainer_options: dict[str, Any] | None = None,
-                  progress: bool = True) -> tuple[Path, dict]:
-    """Run one erasure and save its artifact; returns (artifact folder, erase.json content)."""
-    from pipelines.stable_diffusion import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME, load_pipeline, resolve_model
-
+                  progress: bool = True) -> tuple[Path, EraseRecord]:
+    """Run one erasure of any kind and save its artifact; returns (artifact folder, its record)."""
     cls = get_method(method)
-    concept = (concept or "").strip()
-    if not concept:
-        raise InputError("the concept is empty; give --concept TEXT")
-    kind = kind or infer_kind(concept)
-    if kind not in ("style", "object"):
-        raise InputError(f"--kind must be style or object, got {kind!r}")
-    source = resolve_model(model)
-    embedded = Path(source) == EMBEDDED_MODEL_DIR
-    out = Path(output) if output else Path("erased") / f"{cls.name}-{_slug(concept)}"
-    out = check_output(out, overwrite, base_dir=source if Path(source).is_dir() else None)
-    file_options, file_trainer = read_config_file(config_file, cls.name) if config_file else ({}, {})
-    preset_used = dict(cls.embedded_preset.get(kind, {})) if (embedded and preset) else {}
-    layers = [preset_used, file_options, {"steps": steps} if steps is not None else {}, options or {}]
-    config = build_config(cls.Config, *layers)
-    trainer_kw = {**file_trainer, **{k: v for k, v in (trainer_options or {}).items() if v is not None}}
-    tcfg = TrainerConfig(steps=int(config.steps), seed=seed, progress=progress, cpu=device == "cpu",
-                         **trainer_kw)
-    if tcfg.steps < 1:
-        raise InputError(f"steps must be positive, got {tcfg.steps}")
+    if cls.model_type == "generator":
+        text = (concept or "").strip()
+        if not text:
+            raise InputError("the feature is empty; give --concept (or --feature) NAME")
+        target = Concept(text, text, "feature", text, None)
+    else:
+        target = resolve_concept(concept, kind)
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     if artifact_format not in ("auto", "full", "partial"):
         raise InputError(f"--format must be auto, full or partial, got {artifact_format!r}")
+    base = resolve_base(cls, model)
+    out = check_output(Path(output) if output else Path("erased") / f"{cls.name}-{_slug(target.text)}",
+                       overwrite, base_dir=base.folder)
+    file_options, file_trainer = read_config_file(config_file, cls.name) if config_file else ({}, {})
+    found = load_preset(cls.name, base.world, cls.concept_kinds()) if (preset and base.world) else None
+    preset_used = found.overrides(target.kind) if found else {}
+    closed_form = issubclass(cls, ClosedFormMethod)
+    if closed_form and steps is not None:
+        raise InputError(f"{cls.name} is a closed-form edit and takes no --steps")
+    config = build_config(cls.Config, preset_used, file_options, {"steps": steps} if steps is not None else {},
+                          options or {})
+    cls.validate(config, target)
+    trainer_kw = {**file_trainer, **{k: v for k, v in (trainer_options or {}).items() if v is not None}}
+    tcfg = TrainerConfig(steps=0 if closed_form else int(config.steps), seed=seed, progress=progress,
+                         cpu=device == "cpu", **trainer_kw)
+    if tcfg.grad_accum < 1 or tcfg.checkpoint_every < 0:
+        raise InputError("--grad-accum must be at least 1 and --checkpoint-every at least 0")
     work = out.parent / f".{out.name}.work"
     if overwrite and not resume and work.exists():
         shutil.rmtree(work)
     accelerator = make_accelerator(tcfg)
-    pipe = load_pipeline(source, device=accelerator.device)
-    base_id = EMBEDDED_MODEL_NAME if embedded else (str(Path(source).absolute()) if Path(source).is_dir() else source)
-    algo = cls(config, concept, kind, pipe, accelerator.device)
+    if cls.model_type == "generator":
+        subject = load_generator(base.source)
+    else:
+        subject = load_pipeline(base.source, device=accelerator.device)
+    algo = cls(config, target, subject, accelerator.device)
     hashes: dict[str, str] = {}
-    fingerprint = {"method": cls.name, "concept": concept, "kind": kind, "model": base_id,
+    fingerprint = {"method": cls.name, "concept": target.text, "kind": target.kind, "model": base.id,
                    "config": dataclasses.asdict(config)}
 
     def hash_base() -> None:
         hashes.update({name: module_sha256(m) for name, m in algo.changed_components().items()})
 
-    result = run_method(algo, tcfg, work, resume, fingerprint, accelerator, after_setup=hash_base)
+    result = train(algo, tcfg, work, resume, fingerprint, accelerator, after_setup=hash_base)
     accelerator.wait_for_everyone()
-    meta = {
-        "method": cls.name, "concept": concept, "kind": kind, "config": dataclasses.asdict(config),
-        "preset": {"name": "embedded", "overrides": preset_used} if preset_used else None,
-        "base_model": {"id": base_id, "sha256": hashes},
-        "trainer": {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "progress"},
-        "train": {"steps": result.steps, "final_loss": result.final_loss, "resumed_from": result.resumed_from,
-                  "first_losses": result.losses[:5], "last_losses": result.losses[-5:]},
-        "cost": {"seconds": result.seconds, "peak_memory_bytes": result.peak_memory_bytes,
-                 "peak_memory_kind": result.peak_memory_kind, "device": str(accelerator.device),
-                 "processes": accelerator.num_processes, "torch_threads": torch.get_num_threads()},
-        "torch": torch.__version__,
-    }
-    meta["run"] = algo.run_info()
+    record = EraseRecord(
+        method=cls.name, method_kind=cls.kind, concept=target.text, concept_name=target.name, kind=target.kind,
+        domain=target.domain.name if target.domain else None, config=dataclasses.asdict(config),
+        preset={"name": found.name, "overrides": preset_used} if preset_used else None,
+        base_model={"id": base.id, "type": cls.model_type}, seed=seed,
+        trainer=None if closed_form else {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "progress"},
+        train={"kind": result.kind, "steps": result.steps, "final_loss": result.final_loss,
+               "resumed_from": result.resumed_from, "first_losses": result.losses[:5],
+               "last_losses": result.losses[-5:]},
+        cost={"seconds": result.seconds, "peak_memory_bytes": result.peak_memory_bytes,
+              "peak_memory_kind": result.peak_memory_kind, "device": str(accelerator.device),
+              "processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
+              "hardware": hardware()},
+        run=algo.run_info(), versions=versions())
     if accelerator.is_main_process:
-        trained = list(algo.trainable_parameters())
-        meta = save_artifact(out, algo.changed_components(), meta, trained, algo.extra_tensors(), overwrite,
-                             artifact_format, hashes)
+        trained = None if closed_form else list(algo.trainable_parameters())
+        record = save_artifact(out, algo.changed_components(), record, trained, algo.extra_tensors(), overwrite,
+                               artifact_format, hashes)
         shutil.rmtree(work, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return out, meta
+    return out, record
 
 
 def _epilog() -> str:
     lines = ["methods and their options (key=value; defaults are the papers', see README.md):"]
     for name, cls in sorted(METHODS.items()):
-        lines.append(f"  {name}: {cls.summary}")
+        lines.append(f"  {name} ({cls.kind}, {cls.model_type}): {cls.summary}")
         lines += describe_config(cls.Config)
-        for kind, over in cls.embedded_preset.items():
-            lines.append(f"    embedded preset ({kind}): " + ", ".join(f"{k}={v}" for k, v in over.items()))
+        for world in ("minicanvas", "digits"):
+            found = load_preset(name, world, cls.concept_kinds())
+            lines += found.describe() if found else []
     return "\n".join(lines)
 
 
@@ -160,23 +200,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="erase-concept", description="Erase a concept from a diffusion model and save the result.",
+    p = _Parser(prog="erase-concept", description="Erase a concept from a diffusion model (or a feature from a "
+                "GAN/VAE generator) and save the result.",
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_epilog())
     p.add_argument("--method", required=True, help=f"one of: {', '.join(sorted(METHODS))}")
-    p.add_argument("--concept", help='the concept to erase, e.g. "Candy" or "Van Gogh"')
-    p.add_argument("--feature", help="feature-unlearning: the feature to remove from a GAN/VAE (e.g. 7, Forest)")
+    p.add_argument("--concept", help='the concept to erase, e.g. "Candy" or "Van Gogh" (a feature such as 7 for '
+                   "generators)")
+    p.add_argument("--feature", help="same as --concept (the name the feature-unlearning paper uses)")
     p.add_argument("--labels", help="feature-unlearning: JSON file marking which seeded samples show the feature")
     p.add_argument("--classifier", choices=("digits", "minicanvas"),
                    help="feature-unlearning: a classifier that labels the samples instead of a --labels file")
     p.add_argument("--kind", choices=("style", "object"), help="default: from the benchmark domains, else object")
-    p.add_argument("--model", help="hub id or diffusers folder; default: the embedded minicanvas-sd")
+    p.add_argument("--model", help="hub id or diffusers folder (default: the embedded minicanvas-sd); for "
+                   "generator methods a generator folder or shipped name")
     p.add_argument("--output", help="artifact folder (default erased/<method>-<concept>)")
     p.add_argument("--config", help="TOML file with method options (and a [trainer] table)")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the method's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help=f"0 .. {MAX_SEED} (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact / discard a checkpoint")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--no-preset", action="store_true", help="do not apply the embedded-model preset")
+    p.add_argument("--no-preset", action="store_true", help="do not apply the world's preset")
     p.add_argument("--device", help="cpu to force the CPU (default: what accelerate picks)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (default 1)")
@@ -189,44 +232,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.unlearncanvas.dataset import DatasetLayoutError
-    from pipelines.stable_diffusion import ModelLoadError
-
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     t0 = time.perf_counter()
     try:
+        if args.feature and args.concept and args.feature != args.concept:
+            raise InputError("give the concept once: --concept or --feature")
+        options = parse_overrides(args.overrides)
+        for key in ("labels", "classifier"):
+            if getattr(args, key):
+                if get_method(args.method).model_type != "generator":
+                    raise InputError(f"--{key} belongs to generator methods (feature-unlearning)")
+                options[key] = getattr(args, key)
         trainer = {"mixed_precision": args.mixed_precision, "grad_accum": args.grad_accum,
                    "checkpoint_every": args.checkpoint_every}
-        if get_method(args.method).name == "feature-unlearning":
-            from erase.methods.feature_unlearning import erase_feature
-
-            feature = (args.feature or args.concept or "").strip()
-            if not feature:
-                raise InputError("the feature is empty; give --feature NAME")
-            if not args.model:
-                raise InputError("feature-unlearning needs --model <generator artifact folder or shipped name>")
-            out, meta = erase_feature(args.model, feature, args.output or f"erased/feature-unlearning-{_slug(feature)}",
-                                      args.labels, args.classifier, parse_overrides(args.overrides), args.steps,
-                                      args.seed, args.overwrite, args.resume, not args.quiet)
-            print(f"saved feature-unlearning artifact for {feature!r} to {out} ({meta['training']['seconds']} s)")
-            return 0
-        if args.feature or args.labels or args.classifier:
-            raise InputError("--feature, --labels and --classifier belong to --method feature-unlearning")
-        out, meta = erase_concept(args.method, args.concept, args.kind, args.model, args.output,
-                                  parse_overrides(args.overrides), args.config, args.steps, args.seed, args.overwrite,
-                                  args.resume, not args.no_preset, args.device, args.format, trainer, not args.quiet)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            out, record = erase_concept(args.method, args.feature or args.concept, args.kind, args.model,
+                                        args.output, options, args.config, args.steps, args.seed, args.overwrite,
+                                        args.resume, not args.no_preset, args.device, args.format, trainer,
+                                        not args.quiet)
+        for w in caught:
+            if "not linearly editable" in str(w.message):
+                print(f"warning: {w.message}", file=sys.stderr)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (InputError, MethodConfigError, ModelLoadError, ArtifactError, TrainingError, CheckpointError,
-            DatasetLayoutError) as err:
+    except (InputError, MethodConfigError, ConceptError, ModelLoadError, ArtifactError, TrainingError,
+            CheckpointError, DatasetLayoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return 130
-    cost = meta["cost"]
-    print(f"saved {meta['method']} artifact for {meta['concept']!r} to {out}\n"
+    cost = record.cost
+    print(f"saved {record.method} artifact for {record.concept!r} to {out} ({record.train['kind']}, "
+          f"{record.train['steps']} steps)\n"
           f"  time {cost['seconds']:.1f} s (total {time.perf_counter() - t0:.1f} s), peak memory "
           f"{cost['peak_memory_bytes'] / 2**20:.1f} MiB ({cost['peak_memory_kind']}), "
           f"size {cost['artifact_bytes'] / 2**20:.2f} MiB")

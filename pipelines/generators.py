@@ -9,8 +9,9 @@ changes. A *generator artifact* is a folder:
     model.safetensors   every tensor of the model (VAE: encoder + decoder; GAN: generator + discriminator)
     erase.json          only in an unlearned artifact: method, feature, config, base model and hash
 
-so an unlearned generator loads like any other. Training recipes below are sized for a few CPU
-minutes; ``python -m pipelines.generators train --kind vae --dataset digits`` rebuilds a shipped one.
+Training recipes live in ``pipelines/recipes/generators.py`` (``python -m pipelines.recipes.generators
+digits-vae`` rebuilds a shipped one); an unlearned generator is an erase artifact (``erase.artifacts``)
+that stores only the changed sampler on top of its base generator.
 Sampling is reproducible per index: latent i of seed s is ``np.random.default_rng([s, i])``'s
 standard normal vector, so a user who labels sample 17 of seed 0 names the same latent anywhere.
 """
@@ -18,14 +19,11 @@ standard normal vector, so a user who labels sample 17 of seed 0 names the same 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import platform
 import shutil
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -35,12 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from erase.checkpoint import CheckpointError, read_tensors
+from pipelines.weights import CheckpointError, read_tensors
 
 FORMAT = "erase-generator"
 CONFIG = "generator.json"
 WEIGHTS = "model.safetensors"
-ERASE_JSON = "erase.json"
 SHIPPED_ROOT = Path(__file__).parent / "assets" / "generators"
 DATASETS = ("digits", "minicanvas")
 KINDS = ("vae", "gan")
@@ -190,13 +187,7 @@ def seeded_latents(seed: int, count: int, latent_dim: int, start: int = 0) -> to
     return torch.tensor(np.stack(rows) if rows else np.zeros((0, latent_dim)), dtype=torch.float32)
 
 
-def weights_hash(path: str | Path) -> str:
-    """sha256 of an artifact's weights file (first 16 hex digits), to name the base of an unlearned model."""
-    return hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()[:16]
-
-
-def save_generator(folder: str | Path, model: nn.Module, config: dict, extra_files: dict[str, dict] | None = None
-                   ) -> Path:
+def save_generator(folder: str | Path, model: nn.Module, config: dict) -> Path:
     """Write an artifact atomically: a temp folder beside ``folder``, renamed into place when complete."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -206,8 +197,6 @@ def save_generator(folder: str | Path, model: nn.Module, config: dict, extra_fil
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(dict(config, format=FORMAT), indent=1))
-        for name, payload in (extra_files or {}).items():
-            (tmp / name).write_text(json.dumps(payload, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -256,127 +245,6 @@ def load_generator(name_or_path: str | Path) -> GeneratorArtifact:
     return GeneratorArtifact(model.eval(), cfg, path)
 
 
-# --------------------------------------------------------------------------- data and recipes
-def dataset_images(dataset: str, seed: int = 0, per_cell: int = 40) -> tuple[torch.Tensor, dict]:
-    """Training images (N, C, H, W) in [0, 1] and a description of them for the artifact's config."""
-    if dataset == "digits":
-        from benchmarks.digits import load_digits_tensors
-
-        x, _ = load_digits_tensors(16, "train")
-        return x, {"source": "sklearn.datasets.load_digits train split (benchmarks/digits.py)",
-                   "images": len(x), "size": "8x8 bilinearly upsampled to 16x16, 1 channel"}
-    if dataset == "minicanvas":
-        from benchmarks.unlearncanvas.classifier import render_tensors
-
-        x, _, _ = render_tensors(per_cell, seed)
-        return x, {"source": "benchmarks.unlearncanvas.minicanvas render", "render_seed": seed,
-                   "per_cell": per_cell, "images": len(x), "size": "32x32 RGB, 11 themes x 10 objects"}
-    raise GeneratorError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-
-
-@dataclass
-class Recipe:
-    """Training settings; the defaults per (kind, dataset) are in ``RECIPES``, sized for a few CPU minutes."""
-
-    kind: str
-    dataset: str
-    latent_dim: int
-    width: int
-    steps: int
-    batch: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    beta_kl: float = 1.0  # VAE: weight of the KL term (1 = the ELBO)
-    betas: tuple[float, float] = (0.9, 0.999)
-    data: dict = field(default_factory=dict)
-
-
-RECIPES: dict[str, Recipe] = {
-    # latent 8 for digits as in the reference prototype (shared/reference/gan_vae.md section 5)
-    "digits-vae": Recipe("vae", "digits", latent_dim=8, width=32, steps=4000, batch=64, lr=2e-3),
-    "minicanvas-vae": Recipe("vae", "minicanvas", latent_dim=32, width=32, steps=4000, batch=64, lr=1e-3),
-    # DCGAN: Adam 2e-4, beta1 0.5 (Radford et al. 2015, section 4)
-    "digits-gan": Recipe("gan", "digits", latent_dim=8, width=32, steps=4000, batch=64, lr=2e-4, betas=(0.5, 0.999)),
-    "minicanvas-gan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=5000, batch=64, lr=2e-4,
-                             betas=(0.5, 0.999)),
-}
-
-
-def _vae_step(model: ConvVAE, x: torch.Tensor, gen: torch.Generator, beta: float) -> torch.Tensor:
-    mu, logvar = model.encode(x)
-    z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
-    rec = F.binary_cross_entropy_with_logits(model.decoder.logits(z), x, reduction="sum") / len(x)
-    kl = -0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum() / len(x)
-    return rec + beta * kl
-
-
-def train_generator(recipe: Recipe, out: str | Path | None = None, log_every: int = 500) -> GeneratorArtifact:
-    """Train by ``recipe`` (seeded) and, with ``out``, save the artifact there."""
-    torch.manual_seed(recipe.seed)
-    gen = torch.Generator().manual_seed(recipe.seed)
-    x, data = dataset_images(recipe.dataset, recipe.seed, **recipe.data)
-    channels, size = x.shape[1], x.shape[-1]
-    model = build_model(recipe.kind, recipe.latent_dim, channels, size, recipe.width)
-    t0 = time.time()
-    if recipe.kind == "vae":
-        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, recipe.steps)
-        model.train()
-        for step in range(recipe.steps):
-            loss = _vae_step(model, x[torch.randint(0, len(x), (recipe.batch,), generator=gen)], gen, recipe.beta_kl)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if log_every and (step + 1) % log_every == 0:
-                print(f"  step {step + 1}/{recipe.steps} loss {loss.item():.2f}", file=sys.stderr)
-    else:
-        g, d = model.generator, model.discriminator
-        opt_g = torch.optim.Adam(g.parameters(), lr=recipe.lr, betas=recipe.betas)
-        opt_d = torch.optim.Adam(d.parameters(), lr=recipe.lr, betas=recipe.betas)
-        model.train()
-        for step in range(recipe.steps):
-            real = x[torch.randint(0, len(x), (recipe.batch,), generator=gen)]
-            fake = g(torch.randn(recipe.batch, recipe.latent_dim, generator=gen))
-            ones, zeros = torch.ones(recipe.batch, 1), torch.zeros(recipe.batch, 1)
-            loss_d = F.binary_cross_entropy_with_logits(d(real * 2 - 1), ones) + \
-                F.binary_cross_entropy_with_logits(d(fake.detach() * 2 - 1), zeros)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            loss_g = F.binary_cross_entropy_with_logits(d(fake * 2 - 1), ones)  # non-saturating G loss
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            if log_every and (step + 1) % log_every == 0:
-                print(f"  step {step + 1}/{recipe.steps} D {loss_d.item():.3f} G {loss_g.item():.3f}", file=sys.stderr)
-        recalibrate_batchnorm(g, recipe.latent_dim, gen)
-    model.eval()
-    cfg = {"kind": recipe.kind, "dataset": recipe.dataset, "latent_dim": recipe.latent_dim, "channels": channels,
-           "image_size": size, "width": recipe.width, "recipe": asdict(recipe), "data": data,
-           "train_seconds": round(time.time() - t0, 1),
-           "hardware": f"{platform.machine()} CPU, torch threads {torch.get_num_threads()}"}
-    if out is not None:
-        save_generator(out, model, cfg)
-    return GeneratorArtifact(model, cfg, Path(out) if out is not None else None)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(module: nn.Module, latent_dim: int, gen: torch.Generator, batches: int = 50,
-                          batch: int = 256) -> None:
-    """Replace BatchNorm running statistics by exact averages over prior samples, so eval mode matches training."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    module.train()
-    for _ in range(batches):
-        module(torch.randn(batch, latent_dim, generator=gen))
-    for m in norms:
-        m.momentum = 0.1
-    module.eval()
-
-
 # --------------------------------------------------------------------------- contact sheets
 def contact_sheet(images: torch.Tensor, columns: int = 20, scale: int = 3, first_index: int = 0):
     """A PIL picture of numbered samples, so a user can write down which indices show a feature."""
@@ -398,41 +266,26 @@ def contact_sheet(images: torch.Tensor, columns: int = 20, scale: int = 3, first
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train generators, or draw numbered samples for labelling.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train a generator by its recipe")
-    tr.add_argument("name", choices=sorted(RECIPES), help="recipe name (kind and dataset)")
-    tr.add_argument("--out", help=f"artifact folder (default: the shipped one under {SHIPPED_ROOT})")
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--seed", type=int)
-    sa = sub.add_parser("sample", help="write a numbered contact sheet of seeded samples to label by hand")
-    sa.add_argument("--model", required=True)
-    sa.add_argument("--count", type=int, default=200)
-    sa.add_argument("--seed", type=int, default=0)
-    sa.add_argument("--out", required=True, help="PNG path")
+    parser = argparse.ArgumentParser(description="Draw a numbered contact sheet of seeded samples to label by hand.")
+    parser.add_argument("command", choices=("sample",))
+    parser.add_argument("--model", required=True, help="generator folder or shipped name (digits-vae, ...)")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="PNG path")
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            recipe = RECIPES[args.name]
-            if args.steps is not None:
-                recipe.steps = args.steps
-            if args.seed is not None:
-                recipe.seed = args.seed
-            art = train_generator(recipe, args.out or SHIPPED_ROOT / args.name)
-            print(f"trained {args.name} in {art.config['train_seconds']} s -> {art.path}")
-        else:
-            art = load_generator(args.model)
-            if args.count < 1:
-                raise GeneratorError("--count must be at least 1")
-            images = art.generate(seeded_latents(args.seed, args.count, art.latent_dim))
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp.png")
-            contact_sheet(images).save(tmp)
-            tmp.rename(out)
-            print(f"{args.count} samples of seed {args.seed} -> {out}; label them in a JSON file: "
-                  f'{{"seed": {args.seed}, "count": {args.count}, "latent_dim": {art.latent_dim}, "positive": [...]}}')
-    except (GeneratorError, CheckpointError) as err:
+        art = load_generator(args.model)
+        if args.count < 1:
+            raise GeneratorError("--count must be at least 1")
+        images = art.generate(seeded_latents(args.seed, args.count, art.latent_dim))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp.png")
+        contact_sheet(images).save(tmp)
+        tmp.rename(out)
+        print(f"{args.count} samples of seed {args.seed} -> {out}; label them in a JSON file: "
+              f'{{"seed": {args.seed}, "count": {args.count}, "latent_dim": {art.latent_dim}, "positive": [...]}}')
+    except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,8 +1,16 @@
-"""Shared fixtures: offline environment and tiny Stable Diffusion components built from configs."""
+"""Shared fixtures: offline environment, one session-scoped tiny Stable Diffusion pipeline built from configs.
+
+Building or loading a pipeline costs about a second, so each is built once per session:
+``tiny_pipe`` (random tiny SD 1.x components), ``tiny_sd_dir`` (the same saved as a user's model
+folder, read-only by convention) and ``embedded_pipe`` (the shipped minicanvas-sd). A test that
+changes a pipeline's weights takes ``fresh_tiny_pipe`` / ``fresh_embedded_pipe``, deep copies.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -10,10 +18,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
 import torch
+from PIL import Image
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from erase.concepts import UNLEARNCANVAS
+from pipelines.stable_diffusion import load_pipeline
 from pipelines.tokenizer import build_clip_tokenizer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # At most two threads in all, whatever the machine: with pytest-xdist's two workers, one each (two
+    # processes spinning two OpenMP threads each on two cores run many times slower, README "Threads").
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // workers))
 
 
 @pytest.fixture(scope="session")
@@ -35,14 +53,73 @@ def tiny_sd_components(tokenizer, seed: int = 0) -> dict:
         vocab_size=49408, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
         max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False)
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+def copy_pipe(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
+    """A pipeline with its own copy of every component but the tokenizer, which is never changed and
+    whose vocabulary tables make up most of the cost of a full deep copy."""
+    parts = {name: (part if name == "tokenizer" else copy.deepcopy(part)) for name, part in pipe.components.items()}
+    new = StableDiffusionPipeline(**parts)
+    new.scheduler = parts["scheduler"]  # the constructor may rewrite clip_sample; keep the original's
+    new.set_progress_bar_config(disable=True)
+    return new
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(clip_tokenizer) -> StableDiffusionPipeline:
+    """The session's tiny SD 1.x pipeline; do not change its weights (take ``fresh_tiny_pipe``)."""
+    pipe = StableDiffusionPipeline(**tiny_sd_components(clip_tokenizer))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture
-def tiny_sd_dir(tmp_path, clip_tokenizer):
-    """A tiny SD 1.x pipeline saved to a local folder, the way a user's model folder looks."""
-    folder = tmp_path / "tiny-sd"
-    StableDiffusionPipeline(**tiny_sd_components(clip_tokenizer)).save_pretrained(folder)
+def fresh_tiny_pipe(tiny_pipe) -> StableDiffusionPipeline:
+    return copy_pipe(tiny_pipe)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory, tiny_pipe):
+    """The tiny pipeline saved to a local folder, the way a user's model folder looks; never written to."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd"
+    tiny_pipe.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def embedded_pipe() -> StableDiffusionPipeline:
+    """The shipped minicanvas-sd; do not change its weights (take ``fresh_embedded_pipe``)."""
+    return load_pipeline()
+
+
+@pytest.fixture
+def fresh_embedded_pipe(embedded_pipe) -> StableDiffusionPipeline:
+    return copy_pipe(embedded_pipe)
+
+
+UNUSED_STYLE = "Pointillism"  # the Drive copy of UnlearnCanvas holds styles the benchmark does not use
+
+
+@pytest.fixture(scope="session")
+def fake_unlearncanvas(tmp_path_factory) -> Path:
+    """``<root>/<Style>/<Object>/<1..5>.png`` for every UnlearnCanvas style (and one unused) and object.
+
+    Image i of every cell is one 4x4 PNG (red = 40 i), hard-linked into place: what is tested is names
+    and counts, and linking 5355 names is 6x faster than writing 5355 files.
+    """
+    base = tmp_path_factory.mktemp("datasets")
+    sources = {}
+    for i in range(1, 6):
+        sources[i] = base / f"image{i}.png"
+        Image.new("RGB", (4, 4), (40 * i, 0, 0)).save(sources[i])
+    root = base / "unlearn_canvas"
+    for theme in UNLEARNCANVAS.themes + (UNUSED_STYLE,):
+        for obj in UNLEARNCANVAS.objects:
+            folder = root / theme / obj
+            folder.mkdir(parents=True)
+            for i, source in sources.items():
+                os.link(source, folder / f"{i}.png")
+    return root

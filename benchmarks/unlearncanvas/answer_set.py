@@ -27,16 +27,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from benchmarks.unlearncanvas.constants import (
-    GUIDANCE_SCALE, SAMPLER_STEPS, Domain, answer_file_name, parse_answer_file_name)
+from benchmarks.unlearncanvas.protocol import answer_file_name, parse_answer_file_name
+from erase.concepts import Domain
+from pipelines.stable_diffusion import generate
 
 MANIFEST = "answer_set.json"
-# Per-domain sampler defaults: the protocol's for real models; for the embedded model settings
-# that keep the whole evaluation within minutes on 2 CPU cores (recorded in every results.json).
-SAMPLER_DEFAULTS: dict[str, tuple[int, float]] = {
-    "unlearncanvas": (SAMPLER_STEPS, GUIDANCE_SCALE),
-    "minicanvas": (25, 5.0),
-}
 
 
 class AnswerSetError(ValueError):
@@ -117,8 +112,6 @@ def generate_answer_set(pipe, folder: str | Path, domain: Domain, settings: Samp
     Call ``check_answer_folder`` on the main process (it writes the manifest) before any process
     calls this. ``on_batch`` is called with the number of images written so far by this process.
     """
-    from pipelines.stable_diffusion import generate
-
     folder = Path(folder)
     items = answer_grid(domain, settings.seeds, settings.photo_phrase)
     missing = [it for it in items if not (folder / it.file_name(settings.ext)).exists()]
@@ -165,10 +158,15 @@ class AnswerSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def batches(self, size: int = 256) -> Iterator[tuple[slice, torch.Tensor]]:
-        """(slice, float images (B, 3, H, W) in [0, 1]) chunks, so large sets never sit in memory."""
-        for i in range(0, len(self.paths), size):
-            yield slice(i, i + size), load_images(self.paths[i:i + size])
+    def batches(self, size: int = 256, process_index: int = 0, num_processes: int = 1
+                ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """(slice, float images (B, 3, H, W) in [0, 1]) chunks, so large sets never sit in memory.
+
+        With ``num_processes`` > 1, process r reads the r-th of every ``num_processes`` chunks.
+        """
+        for k, i in enumerate(range(0, len(self.paths), size)):
+            if k % num_processes == process_index:
+                yield slice(i, i + size), load_images(self.paths[i:i + size])
 
 
 def load_images(paths: Sequence[Path], size: int | None = None) -> torch.Tensor:

@@ -20,6 +20,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from benchmarks.unlearncanvas.metrics import summarize
+from benchmarks.unlearncanvas.report import RESULTS_JSON
+
 COLUMNS = ("St. UA", "St. IRA", "St. CRA", "Obj. UA", "Obj. IRA", "Obj. CRA", "FID", "Time (s)", "Mem (GB)",
            "Stor. (GB)")
 
@@ -35,7 +38,7 @@ def load_results(paths: Sequence[str | Path]) -> list[dict]:
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            p = p / "results.json"
+            p = p / RESULTS_JSON
         try:
             r = json.loads(p.read_text())
         except (OSError, ValueError) as err:
@@ -55,8 +58,6 @@ def load_results(paths: Sequence[str | Path]) -> list[dict]:
 
 def leaderboard_rows(results: Sequence[dict]) -> list[dict]:
     """One row per label: the UnlearnCanvas columns (accuracies in %), sources and sample counts."""
-    from benchmarks.unlearncanvas.run import summarize
-
     rows = []
     for label in dict.fromkeys(r["label"] for r in results):
         group = [r for r in results if r["label"] == label]

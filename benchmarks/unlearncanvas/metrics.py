@@ -1,4 +1,4 @@
-"""UnlearnCanvas metrics: UA, IRA, CRA, CLIP concept-removal accuracy, efficiency.
+"""UnlearnCanvas metrics: UA, IRA, CRA, CLIP concept-removal accuracy, summaries, efficiency.
 
 The official repository ships no aggregation script; the definitions here follow
 ``../shared/reference/unlearncanvas.md`` section 6 (the author's answers in issue #13 and the
@@ -11,18 +11,22 @@ SAeUron re-implementation):
   excluded); CRA = mean of Acc_O over all objects.
 * object target o: UA = 1 - Acc_O(o); IRA = mean of Acc_O over the other objects; CRA = mean of
   Acc_S over all styles (photo theme excluded).
+
+Every formula works on per-cell counts (images, correct style and object predictions per
+(theme, object) cell), which is the state ``scorers.cells.CellAccuracy`` keeps; the per-image
+helpers count first and call the same formulas.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.unlearncanvas.constants import Domain
+from erase.artifacts import read_record
+from erase.concepts import Domain
 
 
 @dataclass
@@ -42,30 +46,41 @@ class AccuracyTable:
                 "images_per_object": self.images_per_object}
 
 
-def accuracy_table(domain: Domain, theme_true: Sequence[int], object_true: Sequence[int],
-                   theme_pred: Sequence[int], object_pred: Sequence[int]) -> AccuracyTable:
-    """Per-theme style accuracy and per-object object accuracy from per-image labels (indices)."""
+def cell_counts(domain: Domain, theme_true: Sequence[int], object_true: Sequence[int], theme_pred: Sequence[int],
+                object_pred: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images, correct style, correct object) per (theme, object) cell from per-image label indices."""
     tt, ot, tp, op = (np.asarray(a, dtype=np.int64) for a in (theme_true, object_true, theme_pred, object_pred))
     if not len(tt) == len(ot) == len(tp) == len(op):
         raise ValueError("label arrays differ in length")
-    if len(tt) == 0:
+    shape = (len(domain.themes), len(domain.objects))
+    cell = np.ravel_multi_index((tt, ot), shape)
+    count = lambda where: np.bincount(cell[where], minlength=shape[0] * shape[1]).reshape(shape)  # noqa: E731
+    return count(slice(None)), count(tp == tt), count(op == ot)
+
+
+def table_from_counts(domain: Domain, total: np.ndarray, style_correct: np.ndarray,
+                      object_correct: np.ndarray) -> AccuracyTable:
+    """Per-theme style accuracy and per-object object accuracy from per-cell counts."""
+    total, style_correct, object_correct = (np.asarray(a, dtype=np.int64)
+                                            for a in (total, style_correct, object_correct))
+    if total.sum() == 0:
         raise ValueError("no images to score")
-    style_ok, object_ok = tp == tt, op == ot
-    nt, no = len(domain.themes), len(domain.objects)
-    cs, co = np.full((nt, no), np.nan), np.full((nt, no), np.nan)
-    for i in range(nt):
-        for j in range(no):
-            m = (tt == i) & (ot == j)
-            if m.any():
-                cs[i, j], co[i, j] = style_ok[m].mean(), object_ok[m].mean()
-    missing = [domain.themes[i] for i in range(nt) if not (tt == i).any()]
-    missing += [domain.objects[j] for j in range(no) if not (ot == j).any()]
+    missing = [domain.themes[i] for i in range(len(domain.themes)) if total[i].sum() == 0]
+    missing += [domain.objects[j] for j in range(len(domain.objects)) if total[:, j].sum() == 0]
     if missing:
         raise ValueError(f"the answer set has no image prompted with {', '.join(missing)}")
-    style = {t: float(style_ok[tt == i].mean()) for i, t in enumerate(domain.themes)}
-    obj = {o: float(object_ok[ot == j].mean()) for j, o in enumerate(domain.objects)}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cs, co = style_correct / total, object_correct / total  # nan where a cell holds no image
+    style = {t: float(style_correct[i].sum() / total[i].sum()) for i, t in enumerate(domain.themes)}
+    obj = {o: float(object_correct[:, j].sum() / total[:, j].sum()) for j, o in enumerate(domain.objects)}
     return AccuracyTable(style, obj, np.round(cs, 4).tolist(), np.round(co, 4).tolist(),
-                         int((tt == 0).sum()), int((ot == 0).sum()))
+                         int(total[0].sum()), int(total[:, 0].sum()))
+
+
+def accuracy_table(domain: Domain, theme_true: Sequence[int], object_true: Sequence[int],
+                   theme_pred: Sequence[int], object_pred: Sequence[int]) -> AccuracyTable:
+    """Per-theme style accuracy and per-object object accuracy from per-image labels (indices)."""
+    return table_from_counts(domain, *cell_counts(domain, theme_true, object_true, theme_pred, object_pred))
 
 
 def unlearncanvas_scores(style_acc: Mapping[str, float], object_acc: Mapping[str, float], target: str,
@@ -85,43 +100,66 @@ def unlearncanvas_scores(style_acc: Mapping[str, float], object_acc: Mapping[str
     return {"target": target, "kind": kind, "UA": float(ua), "IRA": ira, "CRA": cra}
 
 
-def removal_accuracy(theme_true: Sequence[int], object_true: Sequence[int], theme_pred: Sequence[int],
-                     object_pred: Sequence[int], target: str, domain: Domain) -> tuple[float, int]:
-    """Share of target-prompted images a zero-shot judge no longer assigns to the target, and their count."""
-    kind, target = domain.concept_kind(target), domain.canonical(target)
+def target_cells(domain: Domain, target: str) -> np.ndarray:
+    """(themes, objects) bool: True for the cells whose prompt names the target (its row or its column)."""
+    kind, name = domain.concept_kind(target), domain.canonical(target)
+    cells = np.zeros((len(domain.themes), len(domain.objects)), dtype=bool)
     if kind == "style":
-        true, pred, idx = np.asarray(theme_true), np.asarray(theme_pred), domain.themes.index(target)
+        cells[domain.themes.index(name), :] = True
     else:
-        true, pred, idx = np.asarray(object_true), np.asarray(object_pred), domain.objects.index(target)
-    m = true == idx
-    if not m.any():
-        raise ValueError(f"no image in the answer set is prompted with {target}")
-    return float((pred[m] != idx).mean()), int(m.sum())
+        cells[:, domain.objects.index(name)] = True
+    return cells
 
 
 def target_mask(theme_true: Sequence[int], object_true: Sequence[int], target: str, domain: Domain) -> np.ndarray:
-    """True for images whose prompt names the target (its theme row or its object column)."""
+    """Per image: True when its prompt names the target (its theme row or its object column)."""
+    return target_cells(domain, target)[np.asarray(theme_true), np.asarray(object_true)]
+
+
+def removal_from_counts(total: np.ndarray, style_correct: np.ndarray, object_correct: np.ndarray, target: str,
+                        domain: Domain) -> tuple[float, int]:
+    """Share of target-prompted images a judge no longer assigns to the target, and their count."""
     kind, target = domain.concept_kind(target), domain.canonical(target)
-    if kind == "style":
-        return np.asarray(theme_true) == domain.themes.index(target)
-    return np.asarray(object_true) == domain.objects.index(target)
+    cells = target_cells(domain, target)
+    n = int(np.asarray(total)[cells].sum())
+    if n == 0:
+        raise ValueError(f"no image in the answer set is prompted with {target}")
+    kept = np.asarray(style_correct if kind == "style" else object_correct)[cells].sum()
+    return float((n - kept) / n), n
+
+
+def removal_accuracy(theme_true: Sequence[int], object_true: Sequence[int], theme_pred: Sequence[int],
+                     object_pred: Sequence[int], target: str, domain: Domain) -> tuple[float, int]:
+    """``removal_from_counts`` from per-image label indices."""
+    return removal_from_counts(*cell_counts(domain, theme_true, object_true, theme_pred, object_pred), target, domain)
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Means over style targets and over object targets, as the UnlearnCanvas table reports them."""
+    summary: dict = {}
+    for kind in ("style", "object"):
+        sel = [r for r in rows if r["kind"] == kind]
+        if sel:
+            summary[kind] = {k: float(np.mean([r[k] for r in sel])) for k in ("UA", "IRA", "CRA")}
+            for k in ("clip_removal_accuracy", "clip_score_retained"):
+                if all(k in r for r in sel):
+                    summary[kind][k] = float(np.mean([r[k] for r in sel]))
+            summary[kind]["targets"] = len(sel)
+    fids = [r["fid"] for r in rows if "fid" in r]
+    if fids:
+        summary["fid"] = float(np.mean(fids))
+    return summary
 
 
 # --------------------------------------------------------------------------- efficiency
 def efficiency_from_artifact(artifact: str | Path | None) -> dict | None:
-    """Time, peak memory and storage of the erasure run, read from the artifact's ``erase.json``.
+    """Time, peak memory and storage of the erasure run, from the artifact's record (``erase.json``).
 
-    The only place that knows the ``erase.json`` cost keys (written by ``erase.cli``); ``None``
-    without an artifact. Units follow the UnlearnCanvas columns: seconds, GB (10^9 bytes).
+    ``None`` without an artifact. Units follow the UnlearnCanvas columns: seconds, GB (10^9 bytes).
     """
     if artifact is None:
         return None
-    path = Path(artifact) / "erase.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path}: {err}") from None
-    cost = meta.get("cost") or {}
+    cost = read_record(artifact).cost or {}
     size = cost.get("artifact_bytes")
     if size is None:
         size = sum(p.stat().st_size for p in Path(artifact).rglob("*") if p.is_file())
@@ -132,4 +170,4 @@ def efficiency_from_artifact(artifact: str | Path | None) -> dict | None:
             "storage_gb": size / 1e9,
             "storage_bytes": int(size),
             "device": cost.get("device"),
-            "source": f"{path} (cost: measured by the erasure run itself)"}
+            "source": f"{Path(artifact) / 'erase.json'} (cost: measured by the erasure run itself)"}

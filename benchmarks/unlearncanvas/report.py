@@ -1,11 +1,18 @@
-"""Pictures and tables for UnlearnCanvas results."""
+"""Pictures, tables and files of UnlearnCanvas results: the grid PNG, results.md, results.json."""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from benchmarks.unlearncanvas.answer_set import AnswerSet
+from erase.concepts import Domain
 
 
 def labelled_grid(cells: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
@@ -93,3 +100,62 @@ def results_markdown(results: dict) -> str:
     lines += ["", "| object | Acc_O |", "|---|---|"]
     lines += [f"| {o} | {_pct(v)} |" for o, v in acc["object"].items()]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- files of one evaluation
+RESULTS_JSON, RESULTS_MD, GRID_PNG = "results.json", "results.md", "answer_set_grid.png"
+
+
+def grid_image(answer: AnswerSet, domain: Domain, seed: int, targets: Sequence[str], title: str,
+               thumb: int = 48) -> Image.Image:
+    """The answer set of one seed as a labelled theme x object grid, the targets' rows/columns framed."""
+    cells = np.zeros((len(domain.themes), len(domain.objects), thumb, thumb, 3), np.uint8)
+    for i in np.flatnonzero(answer.seeds == seed):
+        with Image.open(answer.paths[i]) as im:
+            cells[answer.themes[i], answer.objects[i]] = np.asarray(im.convert("RGB").resize((thumb, thumb),
+                                                                                            Image.BICUBIC))
+    marked_rows = [domain.themes.index(t) for t in targets if t in domain.themes]
+    marked_cols = [domain.objects.index(t) for t in targets if t in domain.objects]
+    return labelled_grid(cells, domain.themes, domain.objects, scale=2 if len(domain.themes) <= 20 else 1,
+                         marked_rows=marked_rows, marked_cols=marked_cols, title=title)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_report(results: dict, answer: AnswerSet, domain: Domain, out: str | Path, grid_seed: int) -> None:
+    """results.json, results.md and the answer-set grid PNG in ``out``, each written atomically."""
+    out = Path(out)
+    targets = [t["target"] for t in results["targets"]]
+    shown = targets if len(targets) <= 2 else []
+    title = (f"{results['label']} on {domain.name}, seed {grid_seed}: rows = style prompt, columns = object prompt"
+             + (f"; red = target {', '.join(shown)}" if shown else ""))
+    grid = grid_image(answer, domain, grid_seed, shown, title)
+    out.mkdir(parents=True, exist_ok=True)
+    png = tempfile.NamedTemporaryFile(dir=out, prefix=".grid", suffix=".png", delete=False)
+    png.close()
+    grid.save(png.name)
+    _write_atomic(out / RESULTS_JSON, json.dumps(results, indent=1).encode())
+    _write_atomic(out / RESULTS_MD, results_markdown(results).encode())
+    os.replace(png.name, out / GRID_PNG)
+
+
+def summary_text(results: dict, out: str | Path | None = None) -> str:
+    """The few lines a run prints: counts, settings, the judge, the means per target kind."""
+    a = results["answer_set"]
+    lines = [f"{results['label']} on {results['domain']}: {a['images']} images ({a['generated']} generated now), "
+             f"{a['steps']} DDIM steps, guidance {a['guidance_scale']}; judged by {results['classifier']['name']}"]
+    for kind, s in results["summary"].items():
+        if kind == "fid":
+            continue
+        extra = f", CLIP removal {s['clip_removal_accuracy']:.1%}" if "clip_removal_accuracy" in s else ""
+        lines.append(f"  {kind} targets ({s['targets']}): UA {s['UA']:.1%}  IRA {s['IRA']:.1%}  "
+                     f"CRA {s['CRA']:.1%}{extra}")
+    if results.get("fid"):
+        lines.append(f"  {results['fid']['features']}: mean over targets {results['summary']['fid']:.4f}")
+    wrote = f"; wrote {Path(out) / RESULTS_JSON}, {Path(out) / RESULTS_MD}, {Path(out) / GRID_PNG}" if out else ""
+    lines.append(f"  {results['seconds']['total']:.0f} s on {results['hardware']}{wrote}")
+    return "\n".join(lines)

@@ -5,7 +5,8 @@ Adding a method = one file under ``erase/methods/`` plus one entry below.
 
 from __future__ import annotations
 
-from erase.methods.base import Method, MethodConfigError
+from erase.methods.base import Method
+from erase.methods.config import MethodConfigError
 from erase.methods.esd import ESD
 from erase.methods.feature_unlearning import FeatureUnlearning
 from erase.methods.salun import SalUn

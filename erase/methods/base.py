@@ -1,143 +1,149 @@
-"""The method contract: a config dataclass with cited defaults, trainable parameters, a loss per step.
+"""The method contract: three kinds of erasure behind one interface.
 
-Everything else (optimizer stepping, precision, devices, checkpoints, timing, saving) belongs to
-``erase.trainer`` and ``erase.artifacts``, so that a new method is one file and one registry entry.
+* ``GradientMethod`` (ESD, SalUn, feature unlearning): names the parameters it trains and computes
+  the loss of one step; the trainer does everything else (autocast, backward, the NaN stop,
+  gradient reduction across processes, clipping, the optimizer step).
+* ``SteppingMethod`` (inner attack loops, several optimizers): implements the whole
+  ``training_step`` through a ``StepContext`` (its seeded generator, autocast, a checked
+  ``backward`` and the outer optimizer) and exposes the state it carries between steps as
+  tensors, which the trainer checkpoints with the weights so that a resumed run stays bit-identical.
+* ``ClosedFormMethod`` (UCE-style edits): ``apply`` edits the weights once, with no optimizer;
+  ``erase.json`` records that no training happened.
+
+Every method says which components it changed. Shared machinery (optimizers, precision, devices,
+checkpoints, timing, saving) lives in ``erase.trainer`` and ``erase.artifacts``, never in a method,
+so a new method is one file, one registry line (``erase/methods/__init__.py``) and, for the
+embedded world, one preset file (``erase/methods/presets/<name>.minicanvas.toml``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
+from erase.concepts import Concept
+from erase.methods.config import MethodConfigError
 
-class MethodConfigError(ValueError):
-    """A method option that is unknown or has a value of the wrong type; the message is one line."""
+if TYPE_CHECKING:  # the trainer imports this module; the context type is only for annotations
+    from erase.trainer import StepContext
 
-
-def option(default: Any, help: str, source: str = "") -> Any:
-    """A config field whose help text and provenance show up in ``erase-concept --help``."""
-    kwargs: dict[str, Any] = {"metadata": {"help": help, "source": source}}
-    if isinstance(default, (list, dict, set)):
-        kwargs["default_factory"] = lambda: type(default)(default)
-    else:
-        kwargs["default"] = default
-    return dataclasses.field(**kwargs)
-
-
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Turn a TOML value or a ``key=value`` string into the type of the field's default."""
-    kind = type(default)
-    if isinstance(value, str) and kind is not str:
-        text = value.strip()
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise MethodConfigError(f"option {name} expects true or false, got {value!r}")
-        if kind in (list, tuple):
-            return [p.strip() for p in text.split(",") if p.strip()] if text else []
-        try:
-            return kind(text) if default is not None else text
-        except ValueError:
-            raise MethodConfigError(f"option {name} expects {kind.__name__}, got {value!r}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if default is not None and kind in (list, tuple) and isinstance(value, (list, tuple)):
-        return list(value)
-    if default is not None and not isinstance(value, kind):
-        raise MethodConfigError(f"option {name} expects {kind.__name__}, got {value!r}")
-    return value
-
-
-def build_config(config_cls: type, *layers: dict[str, Any]) -> Any:
-    """A config from the class defaults with each layer of overrides applied in turn (later wins)."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    defaults = config_cls()
-    values: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            key = key.replace("-", "_")
-            if key not in fields:
-                raise MethodConfigError(f"unknown option {key!r} for {config_cls.__name__}; "
-                                        f"known: {', '.join(sorted(fields))}")
-            values[key] = _coerce(key, value, getattr(defaults, key))
-    return config_cls(**values)
-
-
-def describe_config(config_cls: type) -> list[str]:
-    """One help line per option: name, default, meaning and source."""
-    defaults = config_cls()
-    lines = []
-    for f in dataclasses.fields(config_cls):
-        value = getattr(defaults, f.name)
-        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        src = f" [{f.metadata['source']}]" if f.metadata.get("source") else ""
-        lines.append(f"    {f.name}={shown}  {f.metadata.get('help', '')}{src}")
-    return lines
+KINDS = ("gradient", "step", "closed-form")
 
 
 class Method(ABC):
-    """Base class. Subclasses set ``name``, ``Config``, ``embedded_preset`` and implement the duties.
+    """Common part. Subclasses set ``name``, ``Config``, ``summary`` and ``model_type``.
 
-    ``model`` is whatever the method works on (a ``StableDiffusionPipeline`` for the diffusion
-    methods, a generator for the GAN/VAE ones); the trainer never looks inside it.
+    ``model`` is whatever the method works on: a ``StableDiffusionPipeline`` when ``model_type`` is
+    ``"diffusion"``, a ``pipelines.generators.GeneratorArtifact`` when it is ``"generator"``; the
+    trainer never looks inside it.
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     summary: ClassVar[str] = ""
-    # Overrides applied when the base model is the embedded one, keyed by concept kind.
-    embedded_preset: ClassVar[dict[str, dict[str, Any]]] = {}
+    kind: ClassVar[str] = ""  # set by the three base classes below
+    model_type: ClassVar[str] = "diffusion"
 
-    def __init__(self, config: Any, concept: str, kind: str, model: Any, device: torch.device | str = "cpu"):
+    @classmethod
+    def concept_kinds(cls) -> tuple[str, ...]:
+        """What a concept can be for this method: a style or object of a diffusion model, a generator feature."""
+        return ("feature",) if cls.model_type == "generator" else ("style", "object")
+
+    def __init__(self, config: Any, concept: Concept, model: Any, device: torch.device | str = "cpu"):
         self.config = config
         self.concept = concept
-        self.kind = kind
         self.model = model
         self.device = torch.device(device)
 
-    # ---- the duties (setup may stay empty) ------------------------------------------------
+    @classmethod
+    def validate(cls, config: Any, concept: Concept) -> None:
+        """Refuse option values out of range before any model is built (raise ``MethodConfigError``)."""
+        for key in ("steps", "batch_size"):
+            if hasattr(config, key) and getattr(config, key) < 1:
+                raise MethodConfigError(f"option {key} must be at least 1, got {getattr(config, key)}")
+        if hasattr(config, "lr") and not config.lr > 0:
+            raise MethodConfigError(f"option lr must be positive, got {config.lr}")
+
     def setup(self, generator: torch.Generator) -> None:
-        """One-off preparation (frozen copies, data, masks) before the first step."""
-
-    @abstractmethod
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """Named parameters (``component.param_name``) the optimizer moves."""
-
-    @abstractmethod
-    def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
-        """The scalar loss of one (micro-)step; all randomness must come from ``generator``."""
+        """One-off preparation (frozen copies, data, masks) before the first step; seeded by ``generator``."""
 
     @abstractmethod
     def changed_components(self) -> dict[str, nn.Module]:
-        """The components the artifact must store, by pipeline attribute name."""
-
-    # ---- optional hooks ---------------------------------------------------------------
-    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        """Adam at ``config.lr`` unless a method needs otherwise (both ESD and SalUn use plain Adam)."""
-        return torch.optim.Adam(params, lr=self.config.lr)
-
-    def after_backward(self) -> None:
-        """Called once gradients are complete, before the optimizer step (e.g. SalUn's mask)."""
-
-    def extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Extra safetensors files for the artifact, file stem -> tensors (e.g. a saliency mask)."""
-        return {}
-
-    def num_steps(self) -> int:
-        return int(self.config.steps)
+        """The components the artifact must store, by attribute name (``unet``, ``text_encoder``, ``decoder``)."""
 
     def run_info(self) -> dict[str, Any]:
         """Facts decided during the run (e.g. a drawn remap target), recorded as ``erase.json``'s ``run``."""
         return {}
 
+    def extra_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Extra safetensors files for the artifact, file stem -> tensors (e.g. a saliency mask)."""
+        return {}
 
-def named_trainable(component: str, module: nn.Module, keep) -> dict[str, nn.Parameter]:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """State carried between steps besides the weights (checkpointed; 0-d tensors for counters)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_tensors`` returned, when a run resumes."""
+        if tensors:
+            raise MethodConfigError(f"{self.name} carries no state, but the checkpoint holds {sorted(tensors)[0]}")
+
+
+class _Trained(Method):
+    """Methods with an optimizer: they name the parameters it moves."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Named parameters (``component.param_name``) the optimizer moves."""
+
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam at ``config.lr`` unless a method needs otherwise (ESD, SalUn and Moon et al. use plain Adam)."""
+        return torch.optim.Adam(params, lr=self.config.lr)
+
+
+class GradientMethod(_Trained):
+    """Kind (a): one loss per (micro-)step; the trainer takes the optimizer step."""
+
+    kind = "gradient"
+
+    @abstractmethod
+    def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        """The scalar loss of one (micro-)step; all randomness must come from ``generator``."""
+
+    def after_backward(self) -> None:
+        """Called once gradients are complete, before the optimizer step (e.g. SalUn's mask)."""
+
+
+class SteppingMethod(_Trained):
+    """Kind (b): the method runs the whole step (inner loops, several backward passes, extra optimizers).
+
+    It must draw all randomness from ``ctx.generator()``, call ``ctx.backward`` for the outer
+    loss (which stops on NaN before the weights move), step ``ctx.optimizer`` itself, and keep
+    inner-loop gradients away from the trained parameters (``torch.autograd.grad`` on the inner
+    variables, as the worked example in the tests does).
+    """
+
+    kind = "step"
+
+    @abstractmethod
+    def training_step(self, ctx: "StepContext") -> float:
+        """One optimizer step; returns the outer loss value for the log."""
+
+
+class ClosedFormMethod(Method):
+    """Kind (c): an edit with no optimizer, applied once after ``setup``."""
+
+    kind = "closed-form"
+
+    @abstractmethod
+    def apply(self, generator: torch.Generator) -> None:
+        """Edit the weights in place (facts about the edit go to ``run_info``)."""
+
+
+def named_trainable(component: str, module: nn.Module, keep: Callable[[str], bool]) -> dict[str, nn.Parameter]:
     """``component.name`` -> parameter for every parameter whose name passes ``keep``; others frozen."""
     out = {}
     for name, param in module.named_parameters():
@@ -145,46 +151,4 @@ def named_trainable(component: str, module: nn.Module, keep) -> dict[str, nn.Par
         param.requires_grad_(selected)
         if selected:
             out[f"{component}.{name}"] = param
-    return out
-
-
-def find_domain(concept: str):
-    """The benchmark domain (MiniCanvas first, then UnlearnCanvas) that names ``concept``, or None."""
-    from benchmarks.unlearncanvas.constants import UNLEARNCANVAS
-    from benchmarks.unlearncanvas.minicanvas import DOMAIN as MINICANVAS
-
-    for domain in (MINICANVAS, UNLEARNCANVAS):
-        try:
-            domain.canonical(concept)
-            return domain
-        except ValueError:
-            continue
-    return None
-
-
-def expand_prompts(templates: list[str], concept: str) -> list[str]:
-    """Fill ``{concept}`` and expand ``{object}`` / ``{style}`` over the concept's benchmark domain.
-
-    ``"A {object} image in {concept} style."`` becomes one prompt per object of the domain, which is
-    how the embedded presets condition on the captions the base model was trained with.
-    """
-    domain = find_domain(concept)
-    text = domain.canonical(concept).replace("_", " ") if domain else concept.strip()
-    if domain is not None and domain.canonical(concept) == domain.photo_theme:
-        text = "Photo"
-    out: list[str] = []
-    for template in templates:
-        if "{object}" in template or "{style}" in template:
-            if domain is None:
-                raise MethodConfigError(f"prompt template {template!r} needs a concept of a benchmark domain "
-                                        f"(MiniCanvas or UnlearnCanvas); {concept!r} is not one")
-            if "{object}" in template:
-                out += [template.format(concept=text, object=o) for o in domain.objects]
-            else:
-                out += [template.format(concept=text, style="Photo" if s == domain.photo_theme else s.replace("_", " "))
-                        for s in domain.themes]
-        else:
-            out.append(template.format(concept=text))
-    if not out:
-        raise MethodConfigError("no prompts: give at least one prompt template")
     return out

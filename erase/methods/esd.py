@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erase.methods.base import Method, MethodConfigError, expand_prompts, named_trainable, option
+from erase.methods.base import GradientMethod, named_trainable
+from erase.methods.config import MethodConfigError, option
 from erase.sampling import (ddim_timesteps, encode_prompts, final_alpha, latent_shape, partial_ddim,
                             prediction_type)
 
@@ -66,30 +67,24 @@ class ESDConfig:
                               "train-esd.py vs esd_sd.py")
 
 
-class ESD(Method):
+class ESD(GradientMethod):
     name = "esd"
     Config = ESDConfig
     summary = "negative-guidance fine-tuning of the UNet (ESD-x cross-attention / ESD-u non-cross-attention)"
-    # The embedded model is 32 px with 7 cross-attention layers and was trained on captions only:
-    # fewer steps at a higher lr, a 25-step sampling schedule (halves the CPU time of partial
-    # sampling), and prompts in its caption template. Objects use ESD-x on the caption's own
-    # prefix "A {concept} image": full captions carry a style word, and negating them erased the
-    # styles too (CRA 53-66 % once UA passed 90 %); ESD-u at lr 5e-5 reached only UA 40 % with
-    # IRA 85 % (measured on Fish, README.md "ESD").
-    embedded_preset = {
-        "style": dict(variant="esd-x", steps=200, lr=2e-4, batch_size=2, ddim_steps=25,
-                      prompts=["A {object} image in {concept} style."]),
-        "object": dict(variant="esd-x", steps=200, lr=7e-4, batch_size=2, ddim_steps=25,
-                       prompts=["A {concept} image"]),
-    }
+
+    @classmethod
+    def validate(cls, config: ESDConfig, concept) -> None:
+        super().validate(config, concept)
+        if config.sample_with not in ("trained", "frozen"):
+            raise MethodConfigError(f"sample_with must be 'trained' or 'frozen', got {config.sample_with!r}")
+        if config.ddim_steps < 1:
+            raise MethodConfigError(f"ddim_steps must be at least 1, got {config.ddim_steps}")
+        if config.variant not in VARIANTS:
+            raise MethodConfigError(f"unknown ESD variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
 
     def setup(self, generator: torch.Generator) -> None:
         cfg, pipe = self.config, self.model
-        if cfg.sample_with not in ("trained", "frozen"):
-            raise MethodConfigError(f"sample_with must be 'trained' or 'frozen', got {cfg.sample_with!r}")
-        if cfg.ddim_steps < 1 or cfg.batch_size < 1:
-            raise MethodConfigError("ddim_steps and batch_size must be positive")
-        self.variant = cfg.variant if cfg.variant != "auto" else ("esd-x" if self.kind == "style" else "esd-u")
+        self.variant = cfg.variant if cfg.variant != "auto" else ("esd-x" if self.concept.kind == "style" else "esd-u")
         keep = select(self.variant)
         for module in (pipe.text_encoder, pipe.vae):
             module.requires_grad_(False)
@@ -98,7 +93,7 @@ class ESD(Method):
         self.params = named_trainable("unet", self.unet, keep)
         if not self.params:
             raise MethodConfigError(f"ESD variant {self.variant} selects no parameter of this UNet")
-        prompts = expand_prompts(list(cfg.prompts), self.concept)
+        prompts = self.concept.expand(list(cfg.prompts))
         emb = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts + [cfg.erase_from], self.device)
         self.cond, self.anchor = emb[:-1], emb[-1:]
         self.uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], self.device)
@@ -114,6 +109,9 @@ class ESD(Method):
 
     def changed_components(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}
+
+    def run_info(self) -> dict:
+        return {"variant": self.variant}
 
     def _draw(self, generator: torch.Generator) -> tuple[int, torch.Tensor]:
         """Number of DDIM steps to run and the DDPM timestep to query (see the offset note above)."""

@@ -18,9 +18,7 @@ linear separability, which is why digit 8 fails (ref section 5).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erase.methods.base import Method, MethodConfigError, option
+from erase.concepts import MINICANVAS, ConceptError
+from erase.methods.base import GradientMethod
+from erase.methods.config import MethodConfigError, option
+from pipelines.generators import seeded_latents
+from pipelines.judges import DigitsClassifier, MiniCanvasClassifier
 
 THRESHOLDS = ("midpoint", "pooled")
 STEPS = ("unit", "raw")
@@ -139,8 +141,6 @@ def read_labels(path: str | Path, latent_dim: int) -> tuple[torch.Tensor, torch.
     every other one as free of it; an optional ``"negative"`` list restricts the negatives to those
     marked. An optional ``"latent_dim"`` is checked against the generator.
     """
-    from pipelines.generators import seeded_latents
-
     path = Path(path)
     if not path.is_file():
         raise FeedbackError(f"labels file {path} does not exist")
@@ -184,21 +184,20 @@ class Judge:
     def __init__(self, classifier: str, feature: str):
         key = feature.strip().lower().removeprefix("digit").strip()
         if classifier == "digits":
-            from benchmarks.digits import CLASSES, DigitsClassifier
-            if key not in CLASSES:
+            names = DigitsClassifier.classes
+            if key not in names:
                 raise MethodConfigError(f"digits feature must be a digit 0-9, got {feature!r}")
-            self.model, self.head, self.index, self.names = DigitsClassifier.from_pretrained(), "digit", int(key), CLASSES
+            self.model, self.head, self.index, self.names = DigitsClassifier.from_pretrained(), "digit", int(key), names
         elif classifier == "minicanvas":
-            from benchmarks.unlearncanvas.classifier import MiniCanvasClassifier
-            from benchmarks.unlearncanvas.minicanvas import DOMAIN
+            domain = MINICANVAS
             try:
-                name = DOMAIN.canonical(feature)
-            except ValueError as err:
-                raise MethodConfigError(f"{err} (themes: {', '.join(DOMAIN.themes)}; objects: "
-                                        f"{', '.join(DOMAIN.objects)})") from None
+                name = domain.canonical(feature)
+            except ConceptError as err:
+                raise MethodConfigError(f"{err} (themes: {', '.join(domain.themes)}; objects: "
+                                        f"{', '.join(domain.objects)})") from None
             self.model = MiniCanvasClassifier.from_pretrained()
-            self.head = "theme" if name in DOMAIN.themes else "object"
-            self.names = DOMAIN.themes if self.head == "theme" else DOMAIN.objects
+            self.head = "theme" if name in domain.themes else "object"
+            self.names = domain.themes if self.head == "theme" else domain.objects
             self.index = self.names.index(name)
         else:
             raise MethodConfigError(f"unknown classifier {classifier!r}; known: digits, minicanvas")
@@ -215,46 +214,45 @@ class Judge:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.classes(images) == self.index
 
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate classifier activations (the feature space of FD_clf)."""
-        if self.classifier == "digits":
-            return self.model.embed(images)
-        m, out = self.model.eval(), []
-        for i in range(0, len(images), batch_size):
-            x = F.interpolate(images[i:i + batch_size].float(), size=(m.image_size,) * 2, mode="bilinear",
-                              antialias=True, align_corners=False)
-            out.append(m.features(x * 2 - 1))
-        return torch.cat(out)
+        return self.model.embed(images)
 
 
 def classifier_labels(artifact, judge: Callable[[torch.Tensor], torch.Tensor], count: int, seed: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Simulated user: label ``count`` seeded samples of the original generator with ``judge``."""
-    from pipelines.generators import seeded_latents
-
     z = seeded_latents(seed, count, artifact.latent_dim)
     return z, judge(artifact.generate(z)).cpu()
 
 
 # --------------------------------------------------------------------------- the method
-class FeatureUnlearning(Method):
+class FeatureUnlearning(GradientMethod):
     """``model`` is a ``pipelines.generators.GeneratorArtifact``; only its sampler (decoder/generator) trains."""
 
     name = "feature-unlearning"
     Config = FeatureUnlearningConfig
     summary = "distil a GAN/VAE so latents on the feature side of a latent direction map to feature-free images"
-    embedded_preset: dict = {}
+    model_type = "generator"
+
+    @classmethod
+    def validate(cls, config: FeatureUnlearningConfig, concept) -> None:
+        super().validate(config, concept)
+        if config.threshold not in THRESHOLDS or config.step not in STEPS:
+            raise MethodConfigError(f"threshold must be {'/'.join(THRESHOLDS)} and step {'/'.join(STEPS)}, got "
+                                    f"{config.threshold!r} and {config.step!r}")
+        if config.feedback < 2 or config.ssim_window < 1 or config.alpha < 0:
+            raise MethodConfigError("feedback must be >= 2, ssim_window >= 1 and alpha >= 0")
+        if config.classifier not in ("", "digits", "minicanvas"):
+            raise MethodConfigError(f"unknown classifier {config.classifier!r}; known: digits, minicanvas")
 
     def setup(self, generator: torch.Generator) -> None:
-        cfg = self.config
-        if cfg.threshold not in THRESHOLDS or cfg.step not in STEPS:
-            raise MethodConfigError(f"threshold must be {'/'.join(THRESHOLDS)} and step {'/'.join(STEPS)}")
+        cfg, feature = self.config, self.concept.text
         if cfg.labels:
             z, y = read_labels(cfg.labels, self.model.latent_dim)
-            self.feedback_source = f"labels file {cfg.labels}"
+            self.feedback_source = f"labels file {Path(cfg.labels).name}"
         else:
-            judge = Judge(cfg.classifier or self.model.dataset, self.concept)
+            judge = Judge(cfg.classifier or self.model.dataset, feature)
             z, y = classifier_labels(self.model, judge, cfg.feedback, cfg.feedback_seed)
             self.feedback_source = f"{judge.classifier} classifier, {judge.head} {judge.feature!r}, " \
                                    f"{cfg.feedback} samples of seed {cfg.feedback_seed}"
@@ -267,13 +265,13 @@ class FeatureUnlearning(Method):
             self.ceiling = {"feedback_share": round(float(y.float().mean()), 4),
                             "shifted_share": round(float(judge(self.model.generate(shifted)).float().mean()), 4)}
         if self.direction.auc < cfg.min_auc:
-            warnings.warn(f"feature {self.concept!r} is not linearly editable in this latent space: projection "
+            warnings.warn(f"feature {feature!r} is not linearly editable in this latent space: projection "
                           f"AUC {self.direction.auc:.3f} < {cfg.min_auc}; expect little removal at a quality cost",
                           stacklevel=2)
         self.student = self.model.sampler().to(self.device)
         self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
         self.student.eval()  # BatchNorm keeps the original's statistics; gradients still flow
-        self.edited = self.seen = 0
+        self.counts = torch.zeros(2, dtype=torch.int64)  # latents edited, latents seen (checkpointed)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         comp = self.component_name()
@@ -291,143 +289,20 @@ class FeatureUnlearning(Method):
         x = self.student(z)
         l1 = (x - target).abs().mean(dim=(1, 2, 3))
         s = flagged.float()
-        self.edited, self.seen = self.edited + int(flagged.sum()), self.seen + len(z)
+        self.counts += torch.tensor([int(flagged.sum()), len(z)])
         unlearn = (s * (l1 + 1 - ssim(x, target, cfg.ssim_window))).mean()
         return cfg.alpha * unlearn + ((1 - s) * l1).mean()
 
     def changed_components(self) -> dict[str, nn.Module]:
         return {self.component_name(): self.student}
 
-    def metadata(self) -> dict:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"counts": self.counts}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.counts = tensors["counts"].clone()
+
+    def run_info(self) -> dict:
+        edited, seen = self.counts.tolist()
         return {"feedback": self.feedback_source, "direction": self.direction.to_json(),
-                "shift_ceiling_on_feedback": self.ceiling,
-                "edited_fraction": round(self.edited / max(self.seen, 1), 4)}
-
-
-# --------------------------------------------------------------------------- running and saving
-def unlearn_feature(artifact, feature: str, labels: str | Path | None = None, classifier: str | None = None,
-                    config: FeatureUnlearningConfig | None = None, seed: int = 0, progress: bool = False,
-                    work_dir: str | Path | None = None, resume: bool = False):
-    """Unlearn ``feature`` from a ``GeneratorArtifact``; returns (new artifact, erase.json metadata).
-
-    The base artifact is never changed (its model is copied). Runs the shared trainer
-    (``erase.trainer.run_method``): Adam, per-step seeded latents, checkpoints in ``work_dir``.
-    """
-    from erase.trainer import TrainerConfig, run_method
-    from pipelines.generators import GeneratorArtifact
-
-    cfg = copy.deepcopy(config or FeatureUnlearningConfig())
-    cfg.labels = str(labels) if labels else cfg.labels
-    cfg.classifier = classifier or cfg.classifier
-    model = copy.deepcopy(artifact.model)
-    work = GeneratorArtifact(model, dict(artifact.config), artifact.path)
-    method = FeatureUnlearning(cfg, feature, "feature", work)
-    tcfg = TrainerConfig(steps=cfg.steps, seed=seed, checkpoint_every=100 if work_dir else 0, progress=progress,
-                         cpu=not torch.cuda.is_available())
-    result = run_method(method, tcfg, work_dir, resume, fingerprint={"method": method.name, "feature": feature,
-                                                                     "config": dataclasses.asdict(cfg)})
-    model.eval()
-    meta = {"method": method.name, "feature": feature, "config": dataclasses.asdict(cfg), "seed": seed,
-            **method.metadata(),
-            "base": {"path": str(artifact.path) if artifact.path else None,
-                     "sha256_16": _hash_or_none(artifact.path)},
-            "training": {"steps": result.steps, "seconds": result.seconds, "final_loss": result.final_loss,
-                         "peak_memory_bytes": result.peak_memory_bytes, "peak_memory_kind": result.peak_memory_kind,
-                         "hardware": f"{platform.machine()} {'CUDA' if torch.cuda.is_available() else 'CPU'}, "
-                                     f"torch threads {torch.get_num_threads()}"}}
-    config_out = dict(artifact.config, unlearned={"method": method.name, "feature": feature})
-    return GeneratorArtifact(model, config_out, None), meta
-
-
-def _hash_or_none(path) -> str | None:
-    from pipelines.generators import WEIGHTS, weights_hash
-
-    return weights_hash(path) if path is not None and (Path(path) / WEIGHTS).is_file() else None
-
-
-def save_unlearned(out: str | Path, artifact, meta: dict) -> Path:
-    """Write the unlearned generator as a generator artifact plus ``erase.json`` (atomic)."""
-    from pipelines.generators import ERASE_JSON, save_generator
-
-    artifact.path = save_generator(out, artifact.model, artifact.config, {ERASE_JSON: meta})
-    return artifact.path
-
-
-def erase_feature(model: str | Path, feature: str, output: str | Path, labels: str | Path | None = None,
-                  classifier: str | None = None, options: dict | None = None, steps: int | None = None,
-                  seed: int = 0, overwrite: bool = False, resume: bool = False, progress: bool = True
-                  ) -> tuple[Path, dict]:
-    """Load a generator artifact, unlearn ``feature``, save the new artifact; what ``erase-concept`` calls.
-
-    Bad input raises ``FeedbackError`` / ``MethodConfigError`` / ``GeneratorError`` (a ``CheckpointError``)
-    before anything is written; the output appears only when complete (temp folder + rename).
-    A checkpoint in ``.<output>.work`` lets ``resume`` continue a killed run.
-    """
-    import shutil
-
-    from erase.methods.base import build_config
-    from pipelines.generators import load_generator
-
-    if not model:
-        raise FeedbackError("feature unlearning needs --model: a generator artifact folder or a shipped name "
-                            "(digits-vae, minicanvas-vae, ...)")
-    out = Path(output)
-    if out.exists() and not overwrite:
-        raise FeedbackError(f"output {out} exists; pass --overwrite to replace it")
-    if not str(feature).strip():
-        raise FeedbackError("the feature name is empty; give --feature NAME")
-    cfg = build_config(FeatureUnlearningConfig, options or {}, {"steps": steps} if steps is not None else {})
-    base = load_generator(model)
-    work = out.parent / f".{out.name}.work"
-    if overwrite and not resume and work.exists():
-        shutil.rmtree(work)
-    new, meta = unlearn_feature(base, feature, labels, classifier, cfg, seed, progress, work, resume)
-    save_unlearned(out, new, meta)
-    shutil.rmtree(work, ignore_errors=True)
-    return out, meta
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m erase.methods.feature_unlearning`` (what ``erase-concept --method feature-unlearning`` runs)."""
-    import argparse
-    import sys
-
-    from erase.checkpoint import CheckpointError
-    from erase.methods.base import describe_config
-
-    parser = argparse.ArgumentParser(description="Unlearn a feature from a GAN/VAE generator artifact.",
-                                     epilog="options (--set key=value):\n" + "\n".join(describe_config(
-                                         FeatureUnlearningConfig)), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="generator artifact folder or shipped name (digits-vae ...)")
-    parser.add_argument("--feature", required=True, help="feature name (a class of the classifier, e.g. 7 or Fire)")
-    parser.add_argument("--labels", help="JSON labels file of seeded samples (see README.md, Feature unlearning)")
-    parser.add_argument("--classifier", help="stand-in user: digits or minicanvas (default: the model's dataset)")
-    parser.add_argument("--out", required=True, help="output artifact folder")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        pairs = [s.split("=", 1) for s in args.set]
-        if any(len(p) != 2 for p in pairs):
-            raise MethodConfigError("--set expects KEY=VALUE")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out, meta = erase_feature(args.model, args.feature, args.out, args.labels, args.classifier, dict(pairs),
-                                      args.steps, args.seed, args.overwrite, args.resume)
-        for w in caught:
-            if "not linearly editable" in str(w.message):
-                print(f"warning: {w.message}", file=sys.stderr)
-    except (MethodConfigError, CheckpointError) as err:  # FeedbackError and GeneratorError are among these
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    d = meta["direction"]
-    print(f"unlearned {args.feature!r}: direction AUC {d['auc']}, {d['positives']}+/{d['negatives']}- feedback, "
-          f"edited {meta['edited_fraction']:.1%} of latents, {meta['training']['seconds']} s -> {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+                "shift_ceiling_on_feedback": self.ceiling, "edited_fraction": round(edited / max(seen, 1), 4)}

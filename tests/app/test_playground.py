@@ -3,52 +3,63 @@ import pytest
 import torch
 
 from app.playground import Playground, build_app, build_parser, example_prompts, main
-from erase.artifacts import ArtifactError, module_sha256, save_artifact
-from pipelines.stable_diffusion import generate, load_pipeline
+from erase.artifacts import ArtifactError, EraseRecord, save_artifact
+from erase.provenance import module_sha256
+from pipelines.stable_diffusion import generate
 
 PROMPT = "A Fish image in Candy style."
 
 
 @pytest.fixture
-def artifact(tiny_sd_dir, tmp_path):
-    """An artifact whose UNet cross-attention keys are scaled: a visible, known change."""
-    pipe = load_pipeline(tiny_sd_dir)
+def artifact(tiny_sd_dir, fresh_tiny_pipe, tmp_path):
+    """An artifact of the tiny model whose UNet cross-attention keys are scaled: a visible, known change."""
+    pipe = fresh_tiny_pipe
     base_hash = module_sha256(pipe.unet)
     with torch.no_grad():
         for name, param in pipe.unet.named_parameters():
             if "attn2.to_k" in name:
                 param.mul_(3.0)
     trained = [f"unet.{n}" for n, _ in pipe.unet.named_parameters() if "attn2" in n]
-    meta = {"method": "esd", "concept": "Candy", "kind": "style", "base_model": {"id": str(tiny_sd_dir)}}
-    save_artifact(tmp_path / "esd-candy", {"unet": pipe.unet}, meta, trained, base_hashes={"unet": base_hash})
+    record = EraseRecord(method="esd", method_kind="gradient", concept="Candy", concept_name="Candy", kind="style",
+                         domain="minicanvas", config={}, preset=None,
+                         base_model={"id": str(tiny_sd_dir), "type": "diffusion"}, seed=0, trainer=None, train={},
+                         cost={})
+    save_artifact(tmp_path / "esd-candy", {"unet": pipe.unet}, record, trained, base_hashes={"unet": base_hash})
     return tmp_path / "esd-candy", pipe
 
 
-def test_compare_shows_the_base_and_the_erased_model_from_one_seed(tiny_sd_dir, artifact):
+def test_compare_shows_the_base_and_the_erased_model_from_one_seed(tiny_pipe, artifact):
     folder, erased_pipe = artifact
-    playground = Playground(None, [folder])  # base taken from erase.json
+    base_hash = module_sha256(tiny_pipe.unet)
+    playground = Playground(None, [folder], base=tiny_pipe)  # the session's pipeline is the artifact's base
     label = next(iter(playground.erased))
     original, erased, caption = playground.compare(PROMPT, label, 7, 3, 5.0)
-    base_img = generate(load_pipeline(tiny_sd_dir), [PROMPT], [7], steps=3, guidance_scale=5.0)[0]
+    base_img = generate(tiny_pipe, [PROMPT], [7], steps=3, guidance_scale=5.0)[0]
     want_erased = generate(erased_pipe, [PROMPT], [7], steps=3, guidance_scale=5.0)[0]
     scale = original.width // base_img.shape[1]
     assert original.width >= 256 and scale > 1
+    # same weights, same prompt, seed and batch of one: identical pixels, shown enlarged without smoothing
     assert np.array_equal(np.asarray(original)[::scale, ::scale], base_img)
     assert np.array_equal(np.asarray(erased)[::scale, ::scale], want_erased)
     assert not np.array_equal(base_img, want_erased)
     assert "seed 7" in caption and "'Candy'" in caption
-    # the erased copy did not leak into the shared base
-    assert module_sha256(playground.base.unet) == module_sha256(load_pipeline(tiny_sd_dir).unet)
+    assert module_sha256(tiny_pipe.unet) == base_hash  # the erased copy did not leak into the shared base
+    assert playground.erased[label].text_encoder is tiny_pipe.text_encoder  # unchanged components are shared
     with pytest.raises(ValueError, match="prompt"):
         playground.compare("  ", label, 7, 3, 5.0)
     with pytest.raises(ValueError, match="steps"):
         playground.compare(PROMPT, label, 7, 0, 5.0)
+    with pytest.raises(ValueError, match="unknown erased model"):
+        playground.compare(PROMPT, "nothing", 7, 3, 5.0)
 
 
-def test_app_builds_and_listens_on_localhost_by_default(artifact):
+def test_base_named_in_erase_json_is_loaded_and_the_app_listens_on_localhost(tiny_pipe, artifact):
     import gradio as gr
 
-    demo = build_app(Playground(None, [artifact[0]]))
+    playground = Playground(None, [artifact[0]])  # base loaded from the folder named in erase.json
+    assert module_sha256(playground.base.unet) == module_sha256(tiny_pipe.unet)
+    assert playground.base is not tiny_pipe
+    demo = build_app(playground)
     assert isinstance(demo, gr.Blocks)
     assert build_parser().parse_args(["--artifact", "x"]).host == "127.0.0.1"
 
@@ -61,8 +72,15 @@ def test_bad_artifacts_give_one_line_errors(tmp_path, capsys):
         Playground(None, [])
 
 
+def test_an_artifact_of_another_base_is_refused(artifact, embedded_pipe):
+    with pytest.raises(ArtifactError, match="differs from the one"):
+        Playground(None, [artifact[0]], base=embedded_pipe)
+
+
 def test_example_prompts_name_the_concept_and_a_retained_one():
     style = example_prompts("Candy", "style")
     assert "Candy" in style[0] and all("Candy" not in p for p in style[2:])
     obj = example_prompts("fish", "object")
     assert "Fish" in obj[0] and "Fish" not in obj[-1]
+    assert example_prompts("Van Gogh", "style")[0] == "A Architectures image in Van Gogh style."
+    assert example_prompts("teapot", "object")[0] == "A photo of teapot."

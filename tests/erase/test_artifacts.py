@@ -1,22 +1,31 @@
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from erase.artifacts import ArtifactError, apply_artifact, check_output, module_sha256, save_artifact
-from pipelines.stable_diffusion import generate, load_erased_pipeline, load_pipeline
+from safetensors.torch import load_file, save_file
+
+from erase.artifacts import ArtifactError, EraseRecord, apply_artifact, check_output, read_record, save_artifact
+from erase.loading import load_erased_pipeline
+from erase.provenance import module_sha256
+from pipelines.stable_diffusion import generate
 
 PROMPT = ["A Fish image in Candy style."]
 
 
-def _meta(tiny_sd_dir):
-    return {"method": "test", "base_model": {"id": str(tiny_sd_dir)}}
+def _meta(tiny_sd_dir) -> EraseRecord:
+    return EraseRecord(method="test", method_kind="gradient", concept="Candy", concept_name="Candy", kind="style",
+                       domain="minicanvas", config={}, preset=None, base_model={"id": str(tiny_sd_dir),
+                                                                                "type": "diffusion"},
+                       seed=0, trainer=None, train={}, cost={})
 
 
 @pytest.mark.parametrize("fmt", ["full", "partial"])
-def test_zero_change_artifact_reproduces_the_base_and_a_change_is_applied(tiny_sd_dir, tmp_path, fmt):
-    pipe = load_pipeline(tiny_sd_dir)
+def test_zero_change_artifact_reproduces_the_base_and_a_change_is_applied(tiny_sd_dir, fresh_tiny_pipe, tmp_path,
+                                                                         fmt):
+    pipe = fresh_tiny_pipe
     base_img = generate(pipe, PROMPT, [5], steps=3)
     trained = [f"unet.{n}" for n, _ in pipe.unet.named_parameters() if "attn2" in n]
     h = {"unet": module_sha256(pipe.unet)}
@@ -26,17 +35,18 @@ def test_zero_change_artifact_reproduces_the_base_and_a_change_is_applied(tiny_s
         for n, p in pipe.unet.named_parameters():
             if "attn2.to_k" in n:
                 p.mul_(3.0)
-    meta = save_artifact(tmp_path / "art", {"unet": pipe.unet}, _meta(tiny_sd_dir), trained, fmt=fmt, base_hashes=h)
-    assert meta["components"]["unet"]["format"] == fmt
-    assert meta["cost"]["artifact_bytes"] > 0
+    record = save_artifact(tmp_path / "art", {"unet": pipe.unet}, _meta(tiny_sd_dir), trained, fmt=fmt,
+                           base_hashes=h)
+    assert record.components["unet"]["format"] == fmt and read_record(tmp_path / "art") == record
+    assert record.cost["artifact_bytes"] > 0
     assert all(p.suffix in (".json", ".safetensors") for p in (tmp_path / "art").rglob("*") if p.is_file())
     erased = load_erased_pipeline(tmp_path / "art")
     assert np.array_equal(generate(erased, PROMPT, [5], steps=3), generate(pipe, PROMPT, [5], steps=3))
     assert not np.array_equal(generate(erased, PROMPT, [5], steps=3), base_img)
 
 
-def test_loading_checks_tensors_and_base(tiny_sd_dir, tmp_path):
-    pipe = load_pipeline(tiny_sd_dir)
+def test_loading_checks_tensors_and_base(tiny_sd_dir, tiny_pipe, tmp_path):
+    pipe = tiny_pipe
     trained = [f"unet.{n}" for n, _ in pipe.unet.named_parameters() if "attn2" in n]
     save_artifact(tmp_path / "a", {"unet": pipe.unet}, _meta(tiny_sd_dir), trained,
                   base_hashes={"unet": module_sha256(pipe.unet)})
@@ -45,8 +55,8 @@ def test_loading_checks_tensors_and_base(tiny_sd_dir, tmp_path):
     meta["components"]["unet"]["tensors"].append("down_blocks.9.nothing.weight")
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="lacks 1 tensor"):
-        apply_artifact(tmp_path / "a", {"unet": load_pipeline(tiny_sd_dir).unet})
-    other = load_pipeline(tiny_sd_dir).unet
+        apply_artifact(tmp_path / "a", {"unet": copy.deepcopy(tiny_pipe.unet)})
+    other = copy.deepcopy(tiny_pipe.unet)
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
     meta["components"]["unet"]["tensors"].pop()
@@ -57,7 +67,6 @@ def test_loading_checks_tensors_and_base(tiny_sd_dir, tmp_path):
         load_erased_pipeline(tiny_sd_dir)
     # a full component missing one tensor is refused, not loaded leniently
     save_artifact(tmp_path / "f", {"unet": pipe.unet}, _meta(tiny_sd_dir), fmt="full")
-    from safetensors.torch import load_file, save_file
     f = next((tmp_path / "f" / "unet").glob("*.safetensors"))
     t = load_file(f)
     t.pop(sorted(t)[0])
@@ -66,8 +75,8 @@ def test_loading_checks_tensors_and_base(tiny_sd_dir, tmp_path):
         load_erased_pipeline(tmp_path / "f")
 
 
-def test_output_checks_and_nothing_half_written(tiny_sd_dir, tmp_path):
-    pipe = load_pipeline(tiny_sd_dir)
+def test_output_checks_and_nothing_half_written(tiny_sd_dir, tiny_pipe, tmp_path):
+    pipe = tiny_pipe
     save_artifact(tmp_path / "a", {"unet": pipe.unet}, _meta(tiny_sd_dir))
     with pytest.raises(ArtifactError, match="already holds an artifact"):
         check_output(tmp_path / "a")
@@ -83,5 +92,23 @@ def test_output_checks_and_nothing_half_written(tiny_sd_dir, tmp_path):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        save_artifact(tmp_path / "b", {"unet": Boom()}, {})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file", "tiny-sd"]
+        save_artifact(tmp_path / "b", {"unet": Boom()}, _meta(tiny_sd_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "file"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.pop("method"), "lacks key 'method'"),
+    (lambda d: d["components"]["unet"].pop("format"), "component 'unet' lacks key 'format'"),
+    (lambda d: d["components"]["unet"].update(format="zip"), "has format 'zip'"),
+    (lambda d: d.update(components={}), "names no components"),
+    (lambda d: d["base_model"].pop("id"), "base_model lacks key 'id'"),
+])
+def test_hand_edited_erase_json_is_one_line_naming_file_and_key(tiny_sd_dir, tiny_pipe, tmp_path, edit, message):
+    save_artifact(tmp_path / "a", {"unet": tiny_pipe.unet}, _meta(tiny_sd_dir))
+    path = tmp_path / "a" / "erase.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=message) as err:
+        read_record(tmp_path / "a")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -5,8 +5,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from benchmarks.unlearncanvas import constants as uc
-from benchmarks.unlearncanvas import minicanvas
+from erase.concepts import MINICANVAS, UNLEARNCANVAS
 from pipelines.tokenizer import MAX_LENGTH, build_clip_tokenizer
 
 EXTRA = [
@@ -23,8 +22,8 @@ def _prompts(n: int = 300) -> list[str]:
     words = ("photo painting sketch of a the in style with dog cat tree house sunset neon "
              "watercolor, mosaic! fire? 日本 émigré ☃ 42 x-ray hi-fi co-op").split()
     prompts = list(EXTRA)
-    prompts += [uc.UNLEARNCANVAS.prompt(t, o) for t, o in zip(uc.THEMES, uc.OBJECTS * 3)]
-    prompts += [minicanvas.DOMAIN.prompt(t, o) for t in minicanvas.THEMES for o in minicanvas.OBJECTS[:3]]
+    prompts += [UNLEARNCANVAS.prompt(t, o) for t, o in zip(UNLEARNCANVAS.themes, UNLEARNCANVAS.objects * 3)]
+    prompts += [MINICANVAS.prompt(t, o) for t in MINICANVAS.themes for o in MINICANVAS.objects[:3]]
     while len(prompts) < n:
         prompts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 120))))  # long ones truncate
     return prompts

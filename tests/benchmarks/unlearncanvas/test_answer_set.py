@@ -1,25 +1,20 @@
 import numpy as np
 import pytest
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from benchmarks.unlearncanvas.answer_set import (
     MANIFEST, AnswerSetError, SamplerSettings, answer_grid, check_answer_folder, generate_answer_set, read_answer_set)
-from benchmarks.unlearncanvas.constants import SEEDS, UNLEARNCANVAS, Domain, parse_answer_file_name
+from benchmarks.unlearncanvas.protocol import parse_answer_file_name
+from erase.concepts import SEEDS, UNLEARNCANVAS, Domain
 from pipelines.stable_diffusion import generate
-from tests.conftest import tiny_sd_components
 
 TOY = Domain("toy", themes=("Fire", "Photo"), objects=("Fish", "Star"), photo_theme="Photo", seeds=(188, 288))
 
 
 @pytest.fixture
-def pipe(clip_tokenizer):
-    from diffusers import DDIMScheduler
-
-    p = StableDiffusionPipeline(**tiny_sd_components(clip_tokenizer))
-    p.scheduler = DDIMScheduler.from_config(p.scheduler.config)
-    p.set_progress_bar_config(disable=True)
-    return p
+def pipe(tiny_pipe):
+    """The session's tiny DDIM pipeline: generation reads its weights and never changes them."""
+    return tiny_pipe
 
 
 def settings(**kw):
@@ -56,10 +51,17 @@ def test_killed_run_resumes_without_regenerating(tmp_path, pipe):
     assert {p.name: p.stat().st_mtime_ns for p in first} == stamps  # finished images untouched
     answer = read_answer_set(folder, TOY, TOY.seeds, "png")
     assert len(answer) == 8 and list(answer.themes) == [0, 0, 1, 1] * 2
-    # an image depends only on its prompt and seed, not on the batch it was drawn in
+    # an image depends only on its prompt and seed, not on the batch it was drawn in: drawn alone it
+    # matches the one drawn in a batch of 3 within 1 grey level. Not bit for bit: BLAS kernels may
+    # block a batch of 1 and of 3 differently, so float sums can round differently in the last bit,
+    # which can move a pixel across a rounding boundary (tests/pipelines/test_stable_diffusion.py
+    # tests the same property of generate() with the same tolerance).
     it = answer_grid(TOY, TOY.seeds)[5]
     alone = generate(pipe, [it.prompt], [it.seed], steps=2, guidance_scale=3.0)[0]
-    assert np.array_equal(np.asarray(Image.open(folder / it.file_name("png"))), alone)
+    in_batch = np.asarray(Image.open(folder / it.file_name("png")))
+    assert np.abs(in_batch.astype(int) - alone.astype(int)).max() <= 1
+    other = generate(pipe, [it.prompt], [it.seed + 1], steps=2, guidance_scale=3.0)[0]
+    assert np.abs(in_batch.astype(int) - other.astype(int)).max() > 1  # the check can fail: the seed shows
 
 
 def test_processes_split_the_work(tmp_path, pipe):

@@ -3,9 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.unlearncanvas.constants import Domain
 from benchmarks.unlearncanvas.metrics import (
-    accuracy_table, efficiency_from_artifact, removal_accuracy, unlearncanvas_scores)
+    accuracy_table, efficiency_from_artifact, removal_accuracy, summarize, target_cells, target_mask,
+    unlearncanvas_scores)
+from erase.artifacts import ArtifactError, EraseRecord
+from erase.concepts import Domain
 
 TOY = Domain("toy", themes=("Alpha", "Beta", "Gamma", "Photo"), objects=("Cat", "Dog", "Fox"), photo_theme="Photo")
 STYLE_ACC = {"Alpha": 0.1, "Beta": 0.8, "Gamma": 0.6, "Photo": 0.2}
@@ -62,13 +64,42 @@ def test_removal_accuracy():
     assert (ra, n) == (0.5, 2)
 
 
-def test_efficiency_from_erase_json(tmp_path):
+def test_target_cells_and_mask():
+    cells = target_cells(TOY, "beta")
+    assert cells.shape == (4, 3) and cells[1].all() and cells.sum() == 3
+    assert target_cells(TOY, "Fox")[:, 2].all() and target_cells(TOY, "Fox").sum() == 4
+    assert list(target_mask([0, 1, 1, 3], [2, 0, 2, 2], "Fox", TOY)) == [True, False, True, True]
+
+
+def test_summarize_means_per_kind_and_fid():
+    rows = [{"kind": "style", "UA": 1.0, "IRA": 0.5, "CRA": 0.25, "fid": 2.0, "clip_removal_accuracy": 0.5},
+            {"kind": "style", "UA": 0.0, "IRA": 0.5, "CRA": 0.75, "fid": 4.0},
+            {"kind": "object", "UA": 0.5, "IRA": 1.0, "CRA": 1.0}]
+    s = summarize(rows)  # exact: means of binary fractions
+    assert s["style"] == {"UA": 0.5, "IRA": 0.5, "CRA": 0.5, "targets": 2}  # CLIP only when every row has it
+    assert s["object"]["targets"] == 1 and s["fid"] == 3.0
+
+
+def _write_record(folder, cost):
+    folder.mkdir()
+    record = EraseRecord(method="esd", method_kind="gradient", concept="Candy", concept_name="Candy", kind="style",
+                         domain="minicanvas", config={}, preset=None, base_model={"id": "minicanvas-sd",
+                                                                                   "type": "diffusion"},
+                         seed=0, trainer=None, train={}, cost=cost,
+                         components={"unet": {"format": "partial", "tensors": []}})
+    (folder / "erase.json").write_text(json.dumps(record.to_json()))  # as erase.artifacts writes it
+
+
+def test_efficiency_from_the_artifact_record(tmp_path):
     assert efficiency_from_artifact(None) is None
-    (tmp_path / "erase.json").write_text(json.dumps(
-        {"cost": {"seconds": 12.5, "peak_memory_bytes": 2_000_000_000, "peak_memory_kind": "process_max_rss",
-                  "artifact_bytes": 3_000_000, "device": "cpu"}}))
-    e = efficiency_from_artifact(tmp_path)
-    assert e["time_s"] == 12.5 and e["memory_gb"] == 2.0 and e["storage_gb"] == 0.003 and e["storage_bytes"] == 3_000_000
-    assert "erase.json" in e["source"]
-    with pytest.raises(ValueError, match="cannot read"):
+    _write_record(tmp_path / "a", {"seconds": 12.5, "peak_memory_bytes": 2_000_000_000,
+                                   "peak_memory_kind": "process_max_rss", "artifact_bytes": 3_000_000, "device": "cpu"})
+    e = efficiency_from_artifact(tmp_path / "a")
+    assert e["time_s"] == 12.5 and e["memory_gb"] == 2.0  # 2e9 / 1e9: exact
+    assert e["storage_gb"] == 3_000_000 / 1e9 and e["storage_bytes"] == 3_000_000
+    assert "erase.json" in e["source"] and e["device"] == "cpu"
+    _write_record(tmp_path / "b", {})  # no measured size: the folder's bytes
+    e = efficiency_from_artifact(tmp_path / "b")
+    assert e["storage_bytes"] == (tmp_path / "b" / "erase.json").stat().st_size and e["memory_gb"] is None
+    with pytest.raises(ArtifactError, match="does not exist"):
         efficiency_from_artifact(tmp_path / "missing")

@@ -1,12 +1,18 @@
-import json
+"""unlearncanvas-eval, the command line: options -> EvalConfig, one line and exit 2 on bad input, artifacts."""
 
-import numpy as np
+import json
+from importlib.metadata import entry_points
+
 import pytest
 import torch
-from PIL import Image
 
-from benchmarks.unlearncanvas.constants import OBJECTS, THEMES, UNLEARNCANVAS, answer_file_name
-from benchmarks.unlearncanvas.run import main
+from benchmarks.unlearncanvas.config import EvalConfig
+from benchmarks.unlearncanvas.judges import load_classifier, load_judges
+from benchmarks.unlearncanvas.run import build_parser, config_from_args, main
+from erase.artifacts import EraseRecord, read_record, save_artifact
+from erase.concepts import UNLEARNCANVAS
+from erase.provenance import module_sha256
+from tests.benchmarks.unlearncanvas.scorers.test_classifier import _vit_checkpoint
 
 CPU = ["--device", "cpu", "--no-progress"]
 
@@ -17,122 +23,59 @@ def run_cli(args, capsys):
     return rc, captured.out, captured.err
 
 
-def test_end_to_end_on_a_tiny_model_resumes_and_merges(tmp_path, tiny_sd_dir, capsys):
-    out = tmp_path / "base"
-    args = ["--model", tiny_sd_dir, "--target", "Fire", "--target", "fish", "--seeds", "188", "--steps", "2",
-            "--guidance", "3", "--out", out, *CPU]
-    rc, stdout, err = run_cli(args, capsys)
-    assert rc == 0, err
-    res = json.loads((out / "results.json").read_text())
-    assert res["answer_set"]["images"] == 110 and res["answer_set"]["generated"] == 110
-    assert res["answer_set"]["steps"] == 2 and res["answer_set"]["guidance_scale"] == 3.0
-    assert [t["target"] for t in res["targets"]] == ["Fire", "Fish"]
-    for t, kept in zip(res["targets"], (100, 99)):  # Fire's 10 cells, Fish's 11 cells left out
-        assert all(0 <= t[k] <= 1 for k in ("UA", "IRA", "CRA", "clip_removal_accuracy"))
-        assert t["fid_generated"] == kept and t["fid_reference"] == 5 * kept
-    style = res["targets"][0]
-    acc = res["accuracy"]
-    assert style["UA"] == pytest.approx(1 - acc["style"]["Fire"])
-    assert style["CRA"] == pytest.approx(np.mean(list(acc["object"].values())))
-    assert "Frechet CLIP distance" in res["fid"]["features"] and res["fid"]["kind"] == "clip"
-    assert res["classifier"]["name"].startswith("MiniCanvas classifier") and res["hardware"]
-    assert res["efficiency"] is None and res["label"] == "base"
-    assert (out / "answer_set_grid.png").is_file() and "| Fire | style |" in (out / "results.md").read_text()
-    assert len(list((out / "answer_set").glob("Candy_Arrow_seed188.png"))) == 1
-    # a second run reuses every image
-    rc, stdout, err = run_cli(args, capsys)
-    assert rc == 0, err
-    assert json.loads((out / "results.json").read_text())["answer_set"]["generated"] == 0
-    # merge into a leaderboard with a second "method"
-    res["label"] = "other"
-    (tmp_path / "other.json").write_text(json.dumps(res))
-    rc, stdout, err = run_cli(["merge", out / "results.json", tmp_path / "other.json", "--out", tmp_path / "lb"], capsys)
-    assert rc == 0, err
-    board = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
-    assert [r["method"] for r in board["rows"]] == ["base", "other"]
-    assert board["rows"][0]["St. UA"] == pytest.approx(100 * style["UA"])
-    assert "| base |" in (tmp_path / "lb" / "leaderboard.md").read_text() and (tmp_path / "lb" / "leaderboard.png").is_file()
-    res["domain"] = "unlearncanvas"
-    (tmp_path / "third.json").write_text(json.dumps(res))
-    rc, _, err = run_cli(["merge", out, tmp_path / "third.json", "--out", tmp_path / "lb2"], capsys)
-    assert rc == 2 and "different domains" in err and not (tmp_path / "lb2").exists()
+def snapshot(folder):
+    """Every file under a folder with its size and modification time: proves nothing was written there."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
 
 
-def _vit(path, classes):
-    import timm
-
-    torch.manual_seed(classes)
-    model = timm.create_model("test_vit", pretrained=False, num_classes=classes)
-    torch.save({"model_state_dict": model.state_dict()}, path)
+def test_console_script_is_this_main():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "unlearncanvas-eval"]
+    assert script.value == "benchmarks.unlearncanvas.run:main" and script.load() is main
 
 
-def _fake_unlearncanvas(root, per_cell=5, size=8):
-    rng = np.random.default_rng(0)
-    for t in THEMES + ("Impasto",):  # an unused style folder, as in the real download
-        for o in OBJECTS:
-            (root / t / o).mkdir(parents=True)
-            for i in range(1, per_cell + 1):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / t / o / f"{i}.jpg")
-
-
-class FirstLabelJudge:
-    """Stands in for the ViT-L/16 judges (exercised in test_classifier.py): always predicts label 0."""
-
-    themes, objects = THEMES, OBJECTS
-
-    def predict(self, images):
-        return torch.zeros(len(images), dtype=torch.long), torch.zeros(len(images), dtype=torch.long)
+def test_every_option_reaches_the_config():
+    args = build_parser().parse_args([
+        "--out", "o", "--domain", "unlearncanvas", "--target", "Dogs", "--target", "Monet", "--seeds", "1", "2",
+        "--answer-set", "a", "--steps", "3", "--guidance", "2.5", "--size", "64", "--batch-size", "8", "--ext", "png",
+        "--photo-phrase", "Seed Images", "--label", "x", "--grid-seed", "2", "--classifier", "c",
+        "--style-classifier", "s.pth", "--object-classifier", "o.pth", "--classifier-arch", "vit_tiny_patch16_224",
+        "--clip", "cl", "--clip-model", "ViT-B-32", "--clip-pretrained", "w", "--no-clip", "--dataset", "d",
+        "--inception-weights", "i.pth", "--no-fid", "--device", "cpu", "--no-progress"])
+    assert config_from_args(args) == EvalConfig(
+        domain="unlearncanvas", targets=["Dogs", "Monet"], seeds=[1, 2], steps=3, guidance=2.5, size=64, batch_size=8,
+        ext="png", photo_phrase="Seed Images", out="o", answer_dir="a", label="x", grid_seed=2, classifier="c",
+        style_classifier="s.pth", object_classifier="o.pth", classifier_arch="vit_tiny_patch16_224", use_clip=False,
+        clip_dir="cl", clip_model="ViT-B-32", clip_pretrained="w", use_fid=False, dataset="d",
+        inception_weights="i.pth", device="cpu", progress=False)
+    assert config_from_args(build_parser().parse_args(["--out", "o"])) == EvalConfig(out="o")  # same defaults
 
 
 def test_unlearncanvas_classifier_options_build_the_timm_judges(tmp_path):
-    from benchmarks.unlearncanvas.run import _classifier, build_parser
-
-    _vit(tmp_path / "style50.pth", 51)
-    _vit(tmp_path / "style50_cls.pth", 20)
-    args = build_parser().parse_args(["--out", "x", "--domain", "unlearncanvas", "--style-classifier",
-                                      str(tmp_path / "style50.pth"), "--object-classifier",
-                                      str(tmp_path / "style50_cls.pth"), "--classifier-arch", "test_vit"])
-    judge, name = _classifier(args, UNLEARNCANVAS, "cpu")
-    assert judge.themes == THEMES and "style50.pth" in name
+    _vit_checkpoint(tmp_path / "style50.pth", 51)
+    _vit_checkpoint(tmp_path / "style50_cls.pth", 20)
+    cfg = EvalConfig(domain="unlearncanvas", style_classifier=tmp_path / "style50.pth",
+                     object_classifier=tmp_path / "style50_cls.pth", classifier_arch="vit_tiny_patch16_224")
+    judge, name = load_classifier(cfg, UNLEARNCANVAS, "cpu")
+    assert judge.themes == UNLEARNCANVAS.themes and "style50.pth" in name
 
 
-def test_unlearncanvas_layout_with_real_names_is_scored(tmp_path, capsys, monkeypatch):
-    """Official names and label order end to end: fake dataset, fake answer set, open_clip by name."""
-    from benchmarks.unlearncanvas import run
-    from tests.benchmarks.unlearncanvas.test_clip import register_tiny_open_clip
-
-    _fake_unlearncanvas(tmp_path / "uc")
-    answers = tmp_path / "answers"
-    answers.mkdir()
-    rng = np.random.default_rng(1)
-    for t in THEMES:
-        for o in OBJECTS:
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
-                answers / answer_file_name(t, o, 188, "jpg"))
-    monkeypatch.setattr(run, "_classifier", lambda args, domain, device: (FirstLabelJudge(), "first-label judge"))
-    arch = register_tiny_open_clip(tmp_path / "clip")
-    rc, stdout, err = run_cli(["--domain", "unlearncanvas", "--score-only", "--answer-set", answers, "--seeds", "188",
-                               "--clip-model", arch, "--clip-pretrained", tmp_path / "clip" / "weights.safetensors",
-                               "--dataset", tmp_path / "uc", "--target", "Van Gogh", "--target", "Dogs",
-                               "--out", tmp_path / "out", *CPU], capsys)
-    assert rc == 0, err
-    res = json.loads((tmp_path / "out" / "results.json").read_text())
-    van_gogh, dogs = res["targets"]
-    assert van_gogh["target"] == "Van_Gogh" and dogs["kind"] == "object"
-    # the judge is right only on Abstractionism (style) and Architectures (object)
-    assert van_gogh["UA"] == 1 and van_gogh["IRA"] == pytest.approx(1 / 49) and van_gogh["CRA"] == pytest.approx(1 / 20)
-    assert dogs["UA"] == 1 and dogs["IRA"] == pytest.approx(1 / 19) and dogs["CRA"] == pytest.approx(1 / 50)
-    assert van_gogh["fid_reference"] == 5000 and dogs["fid_reference"] == 4845  # the protocol's sizes
-    assert list(res["accuracy"]["style"])[38] == "Seed_Images" and len(res["accuracy"]["object"]) == 20
-    assert res["classifier"]["images_per_theme"] == 20 and res["classifier"]["images_per_object"] == 51
-    assert res["answer_set"]["prompt_template"] == UNLEARNCANVAS.prompt("{style}", "{object}")
-    assert arch in res["clip"]["scorer"] and arch in res["fid"]["features"]
+@pytest.mark.parametrize("fields,message", [
+    ({"domain": "unlearncanvas"}, "needs --style-classifier and --object-classifier"),
+    ({"style_classifier": "s.pth"}, "go together"),
+    ({"clip_pretrained": "openai"}, "--clip-pretrained needs --clip-model"),
+    ({"use_clip": False}, "drop --no-clip or pass --no-fid"),
+])
+def test_judge_options_that_do_not_fit_together(fields, message):
+    with pytest.raises(ValueError, match=message):
+        load_judges(EvalConfig(**fields))
 
 
-@pytest.mark.parametrize("case", ["classifier", "dataset", "empty", "artifact", "target"])
+@pytest.mark.parametrize("case", ["classifier", "dataset", "empty", "artifact", "target", "score-only"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_dir, capsys, case):
     out = tmp_path / "out"
     base = ["--model", tiny_sd_dir, "--seeds", "188", "--steps", "1", "--out", out, *CPU]
+    model_files = snapshot(tiny_sd_dir)
     if case == "classifier":
         (tmp_path / "judge").mkdir()
         (tmp_path / "judge" / "config.json").write_text("{}")
@@ -143,33 +86,44 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_dir, capsys, case):
         args, msg = base + ["--dataset", tmp_path / "ds"], "lacks"
     elif case == "empty":
         (tmp_path / "answers").mkdir()
-        args, msg = ["--score-only", "--answer-set", tmp_path / "answers", "--out", out, *CPU], "no answer-set images"
+        args = ["--score-only", "--answer-set", tmp_path / "answers", "--no-clip", "--no-fid", "--out", out, *CPU]
+        msg = "no answer-set images"
     elif case == "artifact":
         args, msg = base + ["--artifact", tmp_path / "nothing"], "does not exist"
-    else:
+    elif case == "target":
         args, msg = base + ["--target", "Van_Gogh"], "not a style or object of minicanvas"
+    else:
+        args, msg = base + ["--score-only", "--artifact", tmp_path / "nothing"], "--score-only loads no model"
+    inputs = {p.name for p in tmp_path.iterdir()}
     rc, stdout, err = run_cli(args, capsys)
     assert rc == 2
     assert err.startswith("unlearncanvas-eval: error:") and msg in err and err.count("\n") == 1, err
-    assert not (out / "results.json").exists() and not (out / "answer_set").exists()
+    assert {p.name for p in tmp_path.iterdir()} == inputs  # no output folder, no answer set, nothing else
+    if case == "empty":
+        assert list((tmp_path / "answers").iterdir()) == []
+    assert snapshot(tiny_sd_dir) == model_files  # the shared model folder is read only
 
 
-def test_erased_artifact_gives_target_label_and_efficiency(tmp_path, tiny_sd_dir, capsys):
-    from diffusers import StableDiffusionPipeline
+def _record(base_id: str, cost: dict) -> EraseRecord:
+    return EraseRecord(method="esd", method_kind="gradient", concept="Fire", concept_name="Fire", kind="style",
+                       domain="minicanvas", config={"steps": 1}, preset=None,
+                       base_model={"id": base_id, "type": "diffusion"}, seed=0, trainer=None, train={}, cost=cost)
 
-    from erase.artifacts import module_sha256, save_artifact
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir)
+def test_erased_artifact_gives_target_label_efficiency_and_keys_its_answer_set(tmp_path, tiny_sd_dir,
+                                                                                fresh_tiny_pipe, capsys):
+    pipe = fresh_tiny_pipe
     base_hash = module_sha256(pipe.unet)
     with torch.no_grad():
         pipe.unet.conv_out.bias.add_(0.1)  # the "erasure"
-    save_artifact(tmp_path / "art", {"unet": pipe.unet},
-                  {"method": "esd", "concept": "Fire", "kind": "style", "base_model": {"id": str(tiny_sd_dir)},
-                   "cost": {"seconds": 42.0, "peak_memory_bytes": 1_500_000_000, "peak_memory_kind": "process_max_rss"}},
-                  trained=["unet.conv_out.bias"], base_hashes={"unet": base_hash})
+    record = _record(str(tiny_sd_dir), {"seconds": 42.0, "peak_memory_bytes": 1_500_000_000,
+                                        "peak_memory_kind": "process_max_rss"})
+    save_artifact(tmp_path / "art", {"unet": pipe.unet}, record, trained=["unet.conv_out.bias"],
+                  base_hashes={"unet": base_hash})
     out = tmp_path / "out"
-    rc, stdout, err = run_cli(["--artifact", tmp_path / "art", "--seeds", "188", "--steps", "1", "--no-clip",
-                               "--no-fid", "--out", out, *CPU], capsys)
+    args = ["--artifact", tmp_path / "art", "--seeds", "188", "--steps", "1", "--no-clip", "--no-fid", "--out", out,
+            *CPU]
+    rc, stdout, err = run_cli(args, capsys)  # base model and target from erase.json
     assert rc == 0, err
     res = json.loads((out / "results.json").read_text())
     assert res["label"] == "esd" and [t["target"] for t in res["targets"]] == ["Fire"]
@@ -177,20 +131,33 @@ def test_erased_artifact_gives_target_label_and_efficiency(tmp_path, tiny_sd_dir
     e = res["efficiency"]
     assert e["time_s"] == 42.0 and e["memory_gb"] == 1.5 and 0 < e["storage_bytes"] < 10_000_000
     assert res["fid"] is None and res["clip"] is None
+    assert "esd on minicanvas: 110 images (110 generated now)" in stdout and "style targets (1)" in stdout
     # the same weights with a rewritten erase.json (another run's times) reuse the answer set ...
-    meta = json.loads((tmp_path / "art" / "erase.json").read_text())
-    meta["cost"]["seconds"] = 43.0
-    (tmp_path / "art" / "erase.json").write_text(json.dumps(meta))
-    rc, _, err = run_cli(["--artifact", tmp_path / "art", "--seeds", "188", "--steps", "1", "--no-clip",
-                          "--no-fid", "--out", out, *CPU], capsys)
+    rewritten = read_record(tmp_path / "art")
+    rewritten.cost["seconds"] = 43.0
+    (tmp_path / "art" / "erase.json").write_text(json.dumps(rewritten.to_json()))
+    rc, _, err = run_cli(args, capsys)
     assert rc == 0, err
-    assert json.loads((out / "results.json").read_text())["answer_set"]["generated"] == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["answer_set"]["generated"] == 0 and res["efficiency"]["time_s"] == 43.0
     # ... other weights in the same folder are refused, not mixed in
     with torch.no_grad():
         pipe.unet.conv_out.bias.add_(0.1)
-    save_artifact(tmp_path / "art", {"unet": pipe.unet}, meta, trained=["unet.conv_out.bias"],
+    save_artifact(tmp_path / "art", {"unet": pipe.unet}, rewritten, trained=["unet.conv_out.bias"],
                   base_hashes={"unet": base_hash}, overwrite=True)
-    rc, _, err = run_cli(["--artifact", tmp_path / "art", "--seeds", "188", "--steps", "1", "--no-clip",
-                          "--no-fid", "--out", out, *CPU], capsys)
+    rc, _, err = run_cli(args, capsys)
     last = err.strip().splitlines()[-1]
     assert rc == 2 and last.startswith("unlearncanvas-eval: error:") and "was generated with model=" in last
+    assert len(list((out / "answer_set").glob("*.png"))) == 110  # nothing added by the refused run
+
+
+def test_merge_subcommand_is_the_leaderboard(tiny_eval, tmp_path, capsys):
+    rc, stdout, err = run_cli(["merge", tiny_eval.out, "--out", tmp_path / "lb"], capsys)
+    assert rc == 0, err
+    assert "| base |" in stdout and (tmp_path / "lb" / "leaderboard.png").is_file()
+
+
+def test_help_names_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "minicanvas: 25" in capsys.readouterr().out

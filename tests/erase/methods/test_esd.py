@@ -1,17 +1,23 @@
+
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 
-from conftest import tiny_sd_components
+from erase.concepts import resolve_concept
 from erase.methods import MethodConfigError, get_method
-from erase.methods.base import build_config, expand_prompts
+from erase.methods.config import build_config
 from erase.methods.esd import ESD, ESDConfig, select
-from erase.trainer import TrainerConfig, run_method
+from erase.sampling import partial_ddim
+from erase.trainer import TrainerConfig, train
+from tests.conftest import copy_pipe
 
 
-def _method(tokenizer, kind="style", **options):
-    pipe = StableDiffusionPipeline(**tiny_sd_components(tokenizer))
-    return ESD(build_config(ESDConfig, {"ddim_steps": 4, **options}), "Candy", kind, pipe)
+@pytest.fixture
+def make(tiny_pipe):
+    """ESD on a fresh copy of the session's tiny pipeline."""
+    def build(kind="style", **options):
+        config = build_config(ESDConfig, {"ddim_steps": 4, **options})
+        return ESD(config, resolve_concept("Candy", kind), copy_pipe(tiny_pipe))
+    return build
 
 
 def test_defaults_are_the_paper_setting_and_registry_finds_it():
@@ -23,8 +29,8 @@ def test_defaults_are_the_paper_setting_and_registry_finds_it():
         get_method("esd2")
 
 
-def test_parameter_sets_follow_the_compvis_train_methods(clip_tokenizer):
-    unet = tiny_sd_components(clip_tokenizer)["unet"]
+def test_parameter_sets_follow_the_compvis_train_methods(tiny_pipe):
+    unet = tiny_pipe.unet
     names = [n for n, _ in unet.named_parameters()]
     x = [n for n in names if select("esd-x")(n)]
     u = [n for n in names if select("esd-u")(n)]
@@ -38,26 +44,27 @@ def test_parameter_sets_follow_the_compvis_train_methods(clip_tokenizer):
         select("xattn")
 
 
-def test_auto_variant_trains_only_cross_attention_for_a_style(clip_tokenizer):
-    m = _method(clip_tokenizer, lr=1e-2)
+def test_auto_variant_trains_only_cross_attention_for_a_style(make):
+    m = make(lr=1e-2)
     before = {n: p.detach().clone() for n, p in m.model.unet.named_parameters()}
-    run_method(m, TrainerConfig(steps=3, progress=False))
-    assert m.variant == "esd-x"
+    train(m, TrainerConfig(steps=3, progress=False))
+    assert m.variant == "esd-x" and m.run_info() == {"variant": "esd-x"}
     changed = {n for n, p in m.model.unet.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("attn2" in n for n in changed)
-    assert _method(clip_tokenizer, kind="object").config.variant == "auto"
+    obj = make(kind="object")
+    obj.setup(torch.Generator().manual_seed(0))
+    assert obj.variant == "esd-u"
 
 
-def test_target_is_negative_guidance_of_the_frozen_model(clip_tokenizer):
+def test_target_is_negative_guidance_of_the_frozen_model(make):
     """At step 0 the trained and frozen UNets agree: pred - target = (1 + eta) (e(c) - e(∅))."""
-    m = _method(clip_tokenizer, negative_guidance=2.0)
+    m = make(negative_guidance=2.0)
     m.setup(torch.Generator().manual_seed(0))
     loss = m.loss(0, torch.Generator().manual_seed(1))
     gen = torch.Generator().manual_seed(1)
     torch.randint(0, 1, (1,), generator=gen)  # prompt index
     k = int(torch.randint(0, 4, (1,), generator=gen))
     z = torch.randn(1, 4, 8, 8, generator=gen)
-    from erase.sampling import partial_ddim
     z = partial_ddim(m.frozen, z, m.cond[:1], m.uncond, m.timesteps, k, 3.0, m.alphas, m.alpha_final)
     t = m.timesteps[k].view(1)
     with torch.no_grad():
@@ -65,8 +72,8 @@ def test_target_is_negative_guidance_of_the_frozen_model(clip_tokenizer):
     torch.testing.assert_close(loss, (3.0 * diff).pow(2).mean(), rtol=1e-4, atol=1e-7)
 
 
-def test_faithful_offset_reproduces_the_compvis_mismatch(clip_tokenizer):
-    m = _method(clip_tokenizer, faithful_offset=True, ddim_steps=50)
+def test_faithful_offset_reproduces_the_compvis_mismatch(make):
+    m = make(faithful_offset=True, ddim_steps=50)
     m.setup(torch.Generator().manual_seed(0))
     for seed in range(20):
         n, t = m._draw(torch.Generator().manual_seed(seed))
@@ -75,10 +82,10 @@ def test_faithful_offset_reproduces_the_compvis_mismatch(clip_tokenizer):
         assert n == min(50, 51 - t_enc) and 20 * t_enc <= int(t) < 20 * t_enc + 20
 
 
-def test_prompt_templates_expand_over_the_domain():
-    assert expand_prompts(["A {object} image in {concept} style."], "candy")[:2] == \
-        ["A Arrow image in Candy style.", "A Boat image in Candy style."]
-    assert len(expand_prompts(["A {concept} image in {style} style."], "Fish")) == 11
-    assert expand_prompts(["{concept}"], "Van Gogh") == ["Van Gogh"]
-    with pytest.raises(MethodConfigError):
-        expand_prompts(["{object} of {concept}"], "a red car")
+@pytest.mark.parametrize("option,message", [("sample_with=both", "sample_with"), ("ddim_steps=0", "ddim_steps"),
+                                            ("variant=xattn", "unknown ESD variant"), ("lr=-1", "lr must be positive"),
+                                            ("steps=0", "steps must be at least 1")])
+def test_out_of_range_options_are_refused_before_any_model_exists(option, message):
+    key, value = option.split("=")
+    with pytest.raises(MethodConfigError, match=message):
+        ESD.validate(build_config(ESDConfig, {key: value}), resolve_concept("Candy"))

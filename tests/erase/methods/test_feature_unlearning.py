@@ -7,6 +7,7 @@ no trained model and finish in seconds.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -14,11 +15,16 @@ import pytest
 import torch
 from torch import nn
 
+from erase.artifacts import read_record
+from erase.cli import main
+from erase.concepts import Concept
+from erase.loading import load_erased_generator
 from erase.methods import feature_unlearning as fu
-from erase.methods.base import build_config
+from erase.methods.config import build_config
 from erase.methods.feature_unlearning import (Direction, FeatureUnlearningConfig, FeedbackError, fit_direction,
-                                              read_labels, ssim, unlearn_feature)
-from pipelines.generators import ConvVAE, GeneratorArtifact, save_generator, seeded_latents
+                                              read_labels, ssim)
+from erase.trainer import TrainerConfig, train
+from pipelines.generators import ConvVAE, GeneratorArtifact, load_generator, save_generator, seeded_latents
 
 LATENT = 4
 
@@ -137,95 +143,118 @@ def test_bad_labels_files_give_clear_errors(tmp_path, content, match):
 
 
 # --------------------------------------------------------------------------- end to end
+def _feature(name: str) -> Concept:
+    return Concept(name, name, "feature", name, None)
+
+
+def _unlearn(art: GeneratorArtifact, labels: str, **options) -> fu.FeatureUnlearning:
+    """The method trained on a copy of ``art`` through the shared trainer, as erase-concept runs it."""
+    cfg = build_config(FeatureUnlearningConfig, {"labels": labels, **options})
+    work = GeneratorArtifact(copy.deepcopy(art.model), dict(art.config), None)
+    method = fu.FeatureUnlearning(cfg, _feature("bar"), work)
+    train(method, TrainerConfig(steps=cfg.steps, progress=False))
+    return method
+
+
 def test_unlearning_from_hand_written_labels_removes_the_bar(tmp_path):
     art = toy_artifact()
-    cfg = build_config(FeatureUnlearningConfig, {"steps": 250, "batch_size": 64, "lr": 3e-3})
-    new, meta = unlearn_feature(art, "bar", labels=hand_written_labels(tmp_path), config=cfg)
+    method = _unlearn(art, hand_written_labels(tmp_path), steps=250, batch_size=64, lr=3e-3)
+    new, info = method.model, method.run_info()
     z = seeded_latents(99, 2000, LATENT)
     before, after = has_bar(art.generate(z)).float().mean(), has_bar(new.generate(z)).float().mean()
     assert before > 0.15 and after < 0.3 * before  # the feature is cut by more than 70 %
-    d = meta["direction"]
+    d = info["direction"]
     assert d["auc"] > 0.95 and abs(d["u"][0]) > 0.9  # the direction found is z[0]
     keep = ~Direction(torch.tensor(d["u"]), d["norm"], d["threshold"], 1, 1, 1, "midpoint").flagged(z)
     assert (new.generate(z[keep]) - art.generate(z[keep])).abs().mean() < 0.02  # unflagged latents kept
     assert torch.equal(art.model.bar.weight, BarGenerator().bar.weight)  # the base model is not modified
-    assert 0.05 < meta["edited_fraction"] < 0.6 and meta["feedback"].startswith("labels file")
+    assert 0.05 < info["edited_fraction"] < 0.6 and info["feedback"].startswith("labels file")
 
 
-def test_method_contract_for_the_trainer(tmp_path):
-    method = fu.FeatureUnlearning(build_config(FeatureUnlearningConfig, {"batch_size": 8}), "bar", "feature",
-                                  toy_artifact())
-    method.config.labels = hand_written_labels(tmp_path)
+def test_loss_is_zero_on_unflagged_latents_at_the_start_and_positive_on_flagged_ones(tmp_path):
+    method = fu.FeatureUnlearning(build_config(FeatureUnlearningConfig, {"batch_size": 64,
+                                                                         "labels": hand_written_labels(tmp_path)}),
+                                  _feature("bar"), toy_artifact())
     method.setup(torch.Generator().manual_seed(0))
     params = method.trainable_parameters()
     assert set(params) == {f"generator.{m}.{p}" for m in ("body", "hinge", "bar") for p in ("weight", "bias")}
     loss = method.loss(0, torch.Generator().manual_seed(1))
-    assert loss.ndim == 0 and loss.item() == 0.0 or loss.requires_grad  # g == f at step 0: recon term is 0
+    assert loss.ndim == 0 and loss.requires_grad and loss.item() > 0.01  # flagged latents are pulled to f(z_hat)
+    method.direction.threshold = float("inf")  # nothing flagged: g == f at step 0, so every term is 0
+    assert method.loss(0, torch.Generator().manual_seed(1)).item() == pytest.approx(0.0, abs=1e-7)
     assert set(method.changed_components()) == {"generator"}
-    assert fu.FeatureUnlearning.name == "feature-unlearning"
+    assert int(method.counts[1]) == 128 and 0 < int(method.counts[0]) < 64  # edited / seen latents so far
 
 
 def test_poorly_separable_feature_warns(tmp_path):
-    art = toy_artifact()
-    z = seeded_latents(0, 200, LATENT)
     path = tmp_path / "random.json"  # labels unrelated to the latent: no linear direction
     path.write_text(json.dumps({"seed": 0, "count": 200, "positive": list(range(0, 200, 7))}))
-    method = fu.FeatureUnlearning(FeatureUnlearningConfig(labels=str(path)), "noise", "feature", art)
+    method = fu.FeatureUnlearning(FeatureUnlearningConfig(labels=str(path)), _feature("noise"), toy_artifact())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         method.setup(torch.Generator())
-    assert any("not linearly editable" in str(w.message) for w in caught), z.shape
+    assert any("not linearly editable" in str(w.message) for w in caught)
 
 
-# --------------------------------------------------------------------------- command line
-def _tiny_artifact(tmp_path):
+# --------------------------------------------------------------------------- command line (erase-concept)
+def _tiny_generator(tmp_path):
     torch.manual_seed(0)
     return save_generator(tmp_path / "gen", ConvVAE(LATENT, 1, 8, 4),
-                          {"kind": "vae", "dataset": "digits", "latent_dim": LATENT, "channels": 1,
+                          {"kind": "vae", "dataset": "", "latent_dim": LATENT, "channels": 1,
                            "image_size": 8, "width": 4})
 
 
-def test_cli_with_hand_written_labels_writes_an_artifact(tmp_path, capsys):
-    gen = _tiny_artifact(tmp_path)
+def test_erase_concept_with_hand_written_labels_writes_a_loadable_artifact(tmp_path, capsys):
+    gen = _tiny_generator(tmp_path)
     labels = tmp_path / "l.json"
     labels.write_text('{"seed": 0, "count": 20, "positive": [0, 3, 5, 11]}')
     out = tmp_path / "out"
-    rc = fu.main(["--model", str(gen), "--feature", "blob", "--labels", str(labels), "--out", str(out),
-                  "--set", "steps=3", "--set", "batch_size=8"])
+    rc = main(["--method", "feature-unlearning", "--model", str(gen), "--feature", "blob", "--labels", str(labels),
+               "--output", str(out), "--steps", "3", "batch_size=8", "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    meta = json.loads((out / "erase.json").read_text())
-    assert meta["method"] == "feature-unlearning" and meta["config"]["steps"] == 3
-    assert meta["base"]["sha256_16"] and meta["direction"]["positives"] == 4
-    from pipelines.generators import load_generator
-    assert load_generator(out).config["unlearned"]["feature"] == "blob"
+    record = read_record(out)
+    assert (record.method, record.kind, record.config["steps"], record.base_model["type"]) == \
+        ("feature-unlearning", "feature", 3, "generator")
+    assert record.run["direction"]["positives"] == 4 and record.components["decoder"]["base_sha256"]
+    erased, base = load_erased_generator(out), load_generator(gen)
+    z = seeded_latents(5, 16, LATENT)
+    assert not torch.allclose(erased.generate(z), base.generate(z))  # the decoder changed ...
+    torch.testing.assert_close(erased.model.encoder(torch.zeros(1, 1, 8, 8)),  # ... and only the decoder
+                               base.model.encoder(torch.zeros(1, 1, 8, 8)), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", ["missing model", "no positives", "latent mismatch", "unknown option"])
-def test_cli_bad_input_exits_2_with_one_line_and_no_output(tmp_path, capsys, case):
-    gen = _tiny_artifact(tmp_path)
+@pytest.mark.parametrize("case", ["missing model", "no positives", "latent mismatch", "unknown option",
+                                  "bad threshold"])
+def test_bad_input_exits_2_with_one_line_and_no_output(tmp_path, capsys, case):
+    gen = _tiny_generator(tmp_path)
     labels = tmp_path / "l.json"
     labels.write_text('{"seed": 0, "count": 20, "positive": [1]}')
-    extra = ["--set", "steps=2"]
+    extra = ["--steps", "2"]
     if case == "missing model":
         gen = tmp_path / "nope"
     elif case == "no positives":
         labels.write_text('{"seed": 0, "count": 20, "positive": []}')
     elif case == "latent mismatch":
         labels.write_text('{"seed": 0, "count": 20, "positive": [1], "latent_dim": 16}')
+    elif case == "unknown option":
+        extra = ["alhpa=2"]
     else:
-        extra = ["--set", "alhpa=2"]
+        extra = ["threshold=median"]
     out = tmp_path / "out"
-    rc = fu.main(["--model", str(gen), "--feature", "x", "--labels", str(labels), "--out", str(out), *extra])
+    rc = main(["--method", "feature-unlearning", "--model", str(gen), "--feature", "x", "--labels", str(labels),
+               "--output", str(out), "--quiet", *extra])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err[-1].startswith("error: ") and not out.exists() and not (tmp_path / "out.tmp").exists()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen", "l.json"]  # nothing written, no work folder
 
 
-def test_cli_refuses_to_overwrite_an_existing_output(tmp_path, capsys):
-    gen = _tiny_artifact(tmp_path)
+def test_refuses_to_overwrite_an_existing_output(tmp_path, capsys):
+    gen = _tiny_generator(tmp_path)
     labels = tmp_path / "l.json"
     labels.write_text('{"seed": 0, "count": 20, "positive": [1]}')
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    rc = fu.main(["--model", str(gen), "--feature", "x", "--labels", str(labels), "--out", str(tmp_path / "out")])
-    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    rc = main(["--method", "feature-unlearning", "--model", str(gen), "--feature", "x", "--labels", str(labels),
+               "--output", str(tmp_path / "out"), "--quiet"])
+    assert rc == 2 and "not empty" in capsys.readouterr().err
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

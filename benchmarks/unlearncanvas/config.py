@@ -1,0 +1,109 @@
+"""``EvalConfig``: everything besides the model that decides an UnlearnCanvas evaluation.
+
+``None`` fields take the domain's default when the config is resolved (``EvalConfig.resolved``):
+sampler steps and guidance from ``protocol.SAMPLER_DEFAULTS``, the domain's five seeds, PNG for
+MiniCanvas and JPEG for UnlearnCanvas, the answer set in ``<out>/answer_set``. Resolving also
+checks every field that does not need a file, so a bad combination fails before anything loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
+from erase.concepts import DOMAINS, Domain
+
+EXTENSIONS = ("png", "jpg")
+
+
+class UsageError(ValueError):
+    """Options that do not fit together; one line for the user."""
+
+
+@dataclass
+class EvalConfig:
+    # protocol
+    domain: str = "minicanvas"  # a key of erase.concepts.DOMAINS
+    targets: Sequence[str] | None = None  # erased concepts; "all" = every concept; None = the artifact's, else all
+    seeds: Sequence[int] | None = None  # None: the domain's (188 288 588 688 888)
+    # answer set
+    steps: int | None = None  # DDIM steps; None: SAMPLER_DEFAULTS[domain]
+    guidance: float | None = None  # CFG scale; None: SAMPLER_DEFAULTS[domain]
+    size: int | None = None  # image size; None: the model's
+    batch_size: int = 64
+    ext: str | None = None  # png | jpg; None: png (minicanvas), jpg (unlearncanvas)
+    photo_phrase: str = "Photo"  # 'Seed Images' reproduces the released unlearned-model samplers
+    out: str | Path | None = None  # results.json, results.md, answer_set_grid.png; None: write no report
+    answer_dir: str | Path | None = None  # None: <out>/answer_set; resumed when present
+    label: str | None = None  # leaderboard row; None: the artifact's method, else "base"
+    grid_seed: int | None = None  # seed shown in the PNG grid; None: the first
+    # classifier: the MiniCanvas one (folder, default the shipped one) or the two UnlearnCanvas .pth files
+    classifier: str | Path | None = None
+    style_classifier: str | Path | None = None
+    object_classifier: str | Path | None = None
+    classifier_arch: str = "vit_large_patch16_224"
+    # CLIP: the MiniCanvas CLIP (folder, default the shipped one) or an open_clip model by name
+    use_clip: bool = True
+    clip_dir: str | Path | None = None
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+    # FID: Inception features from a weights file, else CLIP image features; reference dataset
+    use_fid: bool = True
+    dataset: str | Path | None = None  # <root>/<Style>/<Object>/<idx>.<ext>; None (minicanvas): rendered
+    inception_weights: str | Path | None = None
+    # run
+    device: str | None = None  # None: accelerate's choice
+    progress: bool = True
+
+    @property
+    def spec(self) -> Domain:
+        try:
+            return DOMAINS[self.domain]
+        except KeyError:
+            raise UsageError(f"unknown domain {self.domain!r}; known: {', '.join(sorted(DOMAINS))}") from None
+
+    def resolved(self, concept: str | None = None) -> "EvalConfig":
+        """A copy with every default filled in and every field checked; ``concept``: the artifact's."""
+        domain = self.spec
+        steps, guidance = SAMPLER_DEFAULTS[domain.name]
+        targets = [self.targets] if isinstance(self.targets, str) else self.targets
+        seeds = [self.seeds] if isinstance(self.seeds, int) else self.seeds
+        seeds = [int(s) for s in (seeds if seeds else domain.seeds)]
+        cfg = dataclasses.replace(
+            self, steps=self.steps if self.steps is not None else steps,
+            guidance=float(self.guidance if self.guidance is not None else guidance), seeds=seeds,
+            ext=self.ext or ("png" if domain.name == "minicanvas" else "jpg"),
+            targets=resolve_targets(domain, targets or ([concept] if concept else ["all"])),
+            grid_seed=self.grid_seed if self.grid_seed is not None else seeds[0])
+        if cfg.steps < 1 or cfg.batch_size < 1 or len(set(seeds)) != len(seeds):
+            raise UsageError("--steps and --batch-size must be positive and --seeds distinct")
+        if cfg.ext not in EXTENSIONS:
+            raise UsageError(f"ext must be one of {', '.join(EXTENSIONS)}, got {cfg.ext!r}")
+        if cfg.grid_seed not in seeds:
+            raise UsageError(f"--grid-seed {cfg.grid_seed} is not one of --seeds")
+        if cfg.out is not None:
+            cfg.out = Path(cfg.out)
+            if cfg.out.exists() and not cfg.out.is_dir():
+                raise UsageError(f"--out {cfg.out} is a file, expected a folder")
+        if cfg.answer_dir is None:
+            if cfg.out is None:
+                raise UsageError("give an output folder or an answer-set folder")
+            cfg.answer_dir = cfg.out / "answer_set"
+        cfg.answer_dir = Path(cfg.answer_dir)
+        return cfg
+
+
+def resolve_targets(domain: Domain, names: Sequence[str]) -> list[str]:
+    """Canonical target names in the given order, 'all' expanded to every style then every object."""
+    out: list[str] = []
+    for name in names:
+        if name.lower() == "all":
+            out += [c for c in domain.styles + domain.objects if c not in out]
+            continue
+        domain.concept_kind(name)  # raises ConceptError (a ValueError) with the list of known concepts
+        if domain.canonical(name) not in out:
+            out.append(domain.canonical(name))
+    return out

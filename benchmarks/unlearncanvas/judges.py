@@ -1,0 +1,138 @@
+"""The judges of one evaluation, loaded from an ``EvalConfig`` before any image is generated.
+
+Style/object classifier, CLIP scorer, FID feature space and the FID reference set: a wrong path
+or a missing file fails here, in seconds, with one line. The MiniCanvas reference set is
+rendered into a temporary folder from the embedded model's training seed; ``Judges`` removes it
+on ``close()`` (or at the end of a ``with`` block).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.unlearncanvas.config import EvalConfig, UsageError
+from benchmarks.unlearncanvas.scorers.classifier import StyleObjectClassifier, UnlearnCanvasClassifier
+from benchmarks.unlearncanvas.scorers.clip import ClipScorer
+from benchmarks.unlearncanvas.scorers.fid import ClipFeatures, InceptionFeatures
+from erase.concepts import Domain
+from erase.data.layout import read_layout, reference_images
+from erase.data.minicanvas import write_dataset
+from pipelines.judges import MINICANVAS_CLASSIFIER_DIR, MINICANVAS_CLIP_DIR, MiniCanvasClassifier
+from pipelines.recipes.minicanvas_sd import RecipeConfig
+
+REFERENCE_PER_CELL = 5  # the protocol's FID reference: images 1-5 of every style/object folder
+
+
+@dataclass
+class Reference:
+    """The FID reference set: image paths with their theme and object label indices."""
+
+    paths: list[Path]
+    themes: np.ndarray
+    objects: np.ndarray
+    description: str
+
+
+@dataclass
+class Judges:
+    classifier: StyleObjectClassifier
+    classifier_name: str
+    clip: ClipScorer | None = None
+    fid_space: ClipFeatures | InceptionFeatures | None = None
+    reference: Reference | None = None
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Judges":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_classifier(config: EvalConfig, domain: Domain, device: torch.device | str
+                    ) -> tuple[StyleObjectClassifier, str]:
+    if config.style_classifier or config.object_classifier:
+        if not (config.style_classifier and config.object_classifier):
+            raise UsageError("--style-classifier and --object-classifier go together")
+        judge = UnlearnCanvasClassifier(config.style_classifier, config.object_classifier, config.classifier_arch,
+                                        device)
+        name = (f"UnlearnCanvas {config.classifier_arch} ({Path(config.style_classifier).name}, "
+                f"{Path(config.object_classifier).name})")
+    elif domain.name == "unlearncanvas":
+        raise UsageError("the unlearncanvas domain needs --style-classifier and --object-classifier "
+                         "(the released style50.pth and style50_cls.pth)")
+    else:
+        folder = Path(config.classifier or MINICANVAS_CLASSIFIER_DIR)
+        judge = MiniCanvasClassifier.from_pretrained(folder).to(device)
+        name = f"MiniCanvas classifier ({folder.name})"
+    if tuple(judge.themes) != domain.themes or tuple(judge.objects) != domain.objects:
+        raise UsageError(f"the classifier's labels do not match the {domain.name} domain")
+    return judge, name
+
+
+def load_clip(config: EvalConfig, domain: Domain, device: torch.device | str) -> ClipScorer | None:
+    if not config.use_clip:
+        return None
+    if config.clip_model:
+        return ClipScorer.from_open_clip(config.clip_model, config.clip_pretrained, device)
+    if config.clip_pretrained:
+        raise UsageError("--clip-pretrained needs --clip-model")
+    if domain.name != "minicanvas":
+        raise UsageError("the embedded CLIP knows only MiniCanvas; name --clip-model/--clip-pretrained "
+                         "or pass --no-clip")
+    return ClipScorer.from_minicanvas(config.clip_dir or MINICANVAS_CLIP_DIR, device)
+
+
+def load_fid_space(config: EvalConfig, clip: ClipScorer | None, device: torch.device | str
+                   ) -> ClipFeatures | InceptionFeatures | None:
+    if not config.use_fid:
+        return None
+    if config.inception_weights:
+        return InceptionFeatures(config.inception_weights, device)
+    if clip is None:
+        raise UsageError("FID without --inception-weights uses CLIP image features; drop --no-clip or pass --no-fid")
+    return ClipFeatures(clip)
+
+
+def load_reference(config: EvalConfig, domain: Domain, tmp: Path) -> Reference:
+    """The protocol's FID reference set (every cell; the scorer leaves a target's cells out)."""
+    if config.dataset:
+        root, desc = Path(config.dataset), f"{config.dataset}"
+    elif domain.name == "minicanvas":
+        seed = RecipeConfig().data_seed
+        root = write_dataset(tmp / "minicanvas-reference", per_cell=REFERENCE_PER_CELL, seed=seed)
+        desc = f"MiniCanvas renders, data seed {seed} (the embedded model's training seed)"
+    else:
+        raise UsageError("FID on the unlearncanvas domain needs --dataset (the UnlearnCanvas folder) or --no-fid")
+    paths = reference_images(read_layout(root, domain), indices=range(1, REFERENCE_PER_CELL + 1))
+    themes = np.array([domain.themes.index(p.parent.parent.name) for p in paths])
+    objects = np.array([domain.objects.index(p.parent.name) for p in paths])
+    return Reference(paths, themes, objects, f"{desc}: images 1-{REFERENCE_PER_CELL} of every style/object folder, "
+                                             f"erased target's cells excluded")
+
+
+def load_judges(config: EvalConfig, device: torch.device | str = "cpu") -> Judges:
+    """Every judge of the config, in the order a user would fix them: classifier, CLIP, FID, reference."""
+    domain = config.spec
+    classifier, name = load_classifier(config, domain, device)
+    clip = load_clip(config, domain, device)
+    fid_space = load_fid_space(config, clip, device)
+    judges = Judges(classifier, name, clip, fid_space)
+    if fid_space is not None:
+        judges._tmp = tempfile.TemporaryDirectory(prefix="unlearncanvas-eval-")
+        try:
+            judges.reference = load_reference(config, domain, Path(judges._tmp.name))
+        except BaseException:
+            judges.close()
+            raise
+    return judges

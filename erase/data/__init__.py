@@ -1,0 +1,1 @@
+"""Data handed to methods and scorers: MiniCanvas renders, dataset layouts, digits, forget/retain sets."""

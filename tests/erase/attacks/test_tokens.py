@@ -1,0 +1,69 @@
+"""Token slots, embedding substitution, simplex projection and the straight-through estimator."""
+
+import pytest
+import torch
+
+from erase.attacks.tokens import (VocabularyError, check_vocabulary, encode, project_to_simplex, slotted_ids,
+                                  straight_through, with_tokens)
+
+
+def test_simplex_projection_hand_computed_case():
+    # (0.5, 1.0, -0.5): sorted 1.0, 0.5, -0.5; rho = 2, theta = (1.5 - 1) / 2 = 0.25 -> (0.25, 0.75, 0)
+    out = project_to_simplex(torch.tensor([[0.5, 1.0, -0.5]]))
+    torch.testing.assert_close(out, torch.tensor([[0.25, 0.75, 0.0]]))  # exact in float32 for these values
+    rows = project_to_simplex(torch.randn(6, 2, 50))
+    assert (rows >= 0).all() and torch.allclose(rows.sum(-1), torch.ones(6, 2), atol=1e-5)
+    on = torch.full((1, 4), 0.25)
+    assert torch.equal(project_to_simplex(on), on)  # a point on the simplex stays put
+    wide = torch.rand(3, 2000) * 1e-3  # a support wider than the top-k shortcut: the full sort decides
+    torch.testing.assert_close(project_to_simplex(wide, top=16), project_to_simplex(wide, top=2000))
+    assert torch.allclose(project_to_simplex(wide, top=16).sum(-1), torch.ones(3), atol=1e-5)
+
+
+def test_slots_sit_at_bpe_token_level_after_sot(clip_tokenizer):
+    ids, slots = slotted_ids(clip_tokenizer, ["A Fish image in Candy style."], 3)
+    plain = clip_tokenizer("A Fish image in Candy style.").input_ids
+    assert slots.tolist() == [1, 2, 3] and ids.shape == (1, 77)
+    assert ids[0, 0] == plain[0] and ids[0, 4:4 + len(plain) - 1].tolist() == plain[1:]
+    chosen = with_tokens(ids, slots, torch.tensor([[100, 200, 300]]))
+    assert chosen[0, 1:4].tolist() == [100, 200, 300] and torch.equal(chosen[0, 4:], ids[0, 4:])
+    long_ids, _ = slotted_ids(clip_tokenizer, ["word " * 200], 5)
+    assert long_ids.shape == (1, 77) and long_ids[0, -1] == clip_tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="between 1 and 75"):
+        slotted_ids(clip_tokenizer, ["x"], 0)
+
+
+def test_substituting_the_slots_own_embeddings_reproduces_the_encoder(tiny_pipe):
+    te = tiny_pipe.text_encoder
+    ids, slots = slotted_ids(tiny_pipe.tokenizer, ["A Fish image"], 2)
+    ids = with_tokens(ids, slots, torch.tensor([[320, 1125]]))
+    with torch.no_grad():
+        same = encode(te, ids, slots, te.get_input_embeddings().weight[ids[:, slots]])
+        plain = encode(te, ids)
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)  # the same embeddings: the same computation
+    with torch.no_grad():
+        other = encode(te, ids, slots, torch.zeros(1, 2, te.config.hidden_size))
+    assert not torch.allclose(other, plain)
+
+
+def test_straight_through_gradient_reaches_the_distribution(tiny_pipe):
+    probs = torch.full((2, 3, 50), 1 / 50, requires_grad=True)
+    ids, one_hot = straight_through(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(one_hot.detach().argmax(-1), ids) and one_hot.detach().sum(-1).eq(1).all()
+    peaked = torch.zeros(1, 1, 50)
+    peaked[0, 0, 7] = 1.0
+    assert straight_through(peaked, torch.Generator().manual_seed(1))[0].item() == 7  # samples follow P
+    (one_hot * torch.arange(50.0)).sum().backward()
+    assert torch.equal(probs.grad, torch.arange(50.0).expand(2, 3, 50))
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_pipe):
+    small = torch.nn.Embedding(1000, 16)
+
+    class Encoder:
+        def get_input_embeddings(self):
+            return small
+
+    with pytest.raises(VocabularyError, match="embeds only 1000"):
+        check_vocabulary(tiny_pipe.tokenizer, Encoder())
+    assert check_vocabulary(tiny_pipe.tokenizer, tiny_pipe.text_encoder) == 49408
