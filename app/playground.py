@@ -12,6 +12,8 @@ pipeline. Both images of a pair come from the same seed, so every difference is 
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +31,32 @@ from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, ModelLoadError, gene
 
 DISPLAY_SIZE = 256  # the embedded model draws 32 px; show it large enough to see, without smoothing
 MAX_STEPS = 200
+
+
+class PortError(ValueError):
+    """The address to listen on is out of range, unknown or taken; the message is one line."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port out of range or already in use on ``host`` before any model loads or gradio starts.
+
+    Binds and releases a socket the way the server will (``SO_REUSEADDR``, so a port that only holds
+    connections in TIME_WAIT is not refused); another program listening there makes the bind fail.
+    """
+    if not 1 <= port <= 65535:
+        raise PortError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise PortError(f"cannot listen on --host {host!r}: {getattr(err, 'strerror', None) or err}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            reason = "already in use" if err.errno == errno.EADDRINUSE else err.strerror
+            raise PortError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 def example_prompts(concept: str, kind: str) -> list[str]:
@@ -137,22 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the one named in the first artifact's erase.json)")
     p.add_argument("--device", help="e.g. cuda; default cpu")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="1 .. 65535, free (default 7860)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_port(args.host, args.port)
         playground = Playground(args.model, args.artifact, args.device)
-    except (ArtifactError, ModelLoadError) as err:
+    except (ArtifactError, ModelLoadError, PortError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     embedded = all(r.base_model.get("id") == EMBEDDED_MODEL_NAME for r in playground.metadata.values())
     steps, guidance = SAMPLER_DEFAULTS["minicanvas" if embedded else "unlearncanvas"]
     if torch.cuda.is_available() and args.device is None:
         print("note: running on the CPU; pass --device cuda to use the GPU", file=sys.stderr)
-    build_app(playground, steps, guidance).launch(server_name=args.host, server_port=args.port)
+    try:
+        build_app(playground, steps, guidance).launch(server_name=args.host, server_port=args.port)
+    except OSError as err:  # the port was taken between the check and the launch
+        print(f"error: cannot listen on {args.host}:{args.port}: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -66,15 +66,22 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: 
     return folder
 
 
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The checkpoint in ``folder``, or None when there is none (a ``.tmp`` leftover is ignored)."""
+def find_checkpoint(folder: str | Path) -> Path | None:
+    """Where the complete checkpoint written to ``folder`` is, or None when there is none.
+
+    ``folder`` itself, or its ``.old`` copy when a kill fell between the two renames of
+    ``save_checkpoint``; a ``.tmp`` leftover is not a checkpoint.
+    """
     folder = Path(folder)
-    if not (folder / META).exists():
-        old = folder.with_name(folder.name + ".old")  # killed between the two renames
-        if (old / META).exists():
-            folder = old
-        else:
-            return None
+    old = folder.with_name(folder.name + ".old")
+    return folder if (folder / META).exists() else old if (old / META).exists() else None
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The checkpoint in ``folder`` (see ``find_checkpoint``), or None when there is none."""
+    folder = find_checkpoint(folder)
+    if folder is None:
+        return None
     try:
         meta = json.loads((folder / META).read_text())
     except ValueError as err:

@@ -9,7 +9,10 @@ model's, or a shipped generator's dataset; ``--no-preset`` skips it), ``--config
 ``--steps``, then ``key=value`` arguments (anywhere on the line). Every input is checked before any
 model is built or anything is written; the artifact is built under a temporary name and renamed into
 place, and checkpoints of an unfinished run sit in a hidden ``.<output>.work`` folder beside it
-until ``--resume`` finishes it.
+until ``--resume`` finishes it (with no checkpoint there, ``--resume`` starts at step 0 and says so,
+so one command line both starts and continues a job). What runs differently from what was asked
+(``--mixed-precision fp16`` on a CPU trains in float32) is said in one ``note:`` line and recorded in
+``erase.json``, as is the thread count (``pipelines.threads``: one for a small model, else the cores).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
+from erase import checkpoint as ckpt
 from erase.artifacts import ArtifactError, EraseRecord, check_output, save_artifact
 from erase.concepts import Concept, ConceptError, resolve_concept
 from erase.data.layout import DatasetLayoutError
@@ -34,13 +38,16 @@ from erase.methods import METHODS, get_method
 from erase.methods.base import ClosedFormMethod, Method
 from erase.methods.config import MethodConfigError, build_config, describe_config, load_preset
 from erase.provenance import hardware, module_sha256, versions
-from erase.trainer import MAX_SEED, NonFiniteLossError, TrainerConfig, TrainingError, make_accelerator, train
+from erase.trainer import (CHECKPOINT, MAX_SEED, NonFiniteLossError, TrainerConfig, TrainingError,
+                           autocast_precision, make_accelerator, train)
 from pipelines.generators import SHIPPED_ROOT, load_generator, resolve_generator
 from pipelines.stable_diffusion import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME, ModelLoadError, load_pipeline, resolve_model
+from pipelines.threads import MAX_THREADS, SMALL_MODEL, ThreadsError, check_threads, restore_threads, use_threads
 from pipelines.weights import CheckpointError
 
 TRAINER_KEYS = ("mixed_precision", "grad_accum", "checkpoint_every", "max_grad_norm")
-MAX_NAME = 80  # characters of the concept kept in the default output folder name
+MAX_NAME = 80  # characters of the concept kept in the default output folder name ...
+MAX_NAME_BYTES = 160  # ... and its UTF-8 bytes: file names hold 255 bytes, with room for ".<name>.work" etc.
 
 
 class InputError(ValueError):
@@ -48,7 +55,11 @@ class InputError(ValueError):
 
 
 def _slug(text: str) -> str:
-    return (re.sub(r"[^\w]+", "-", text).strip("-").lower() or "concept")[:MAX_NAME]
+    """The concept as a folder name: letters of any script and digits kept, the rest turned into dashes, capped."""
+    slug = (re.sub(r"[^\w]+", "-", text).strip("-").lower() or "concept")[:MAX_NAME]
+    while len(slug.encode()) > MAX_NAME_BYTES:
+        slug = slug[:-1]
+    return slug
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -110,8 +121,13 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
                   config_file: str | Path | None = None, steps: int | None = None, seed: int = 0,
                   overwrite: bool = False, resume: bool = False, preset: bool = True, device: str | None = None,
                   artifact_format: str = "auto", trainer_options: dict[str, Any] | None = None,
-                  progress: bool = True) -> tuple[Path, EraseRecord]:
-    """Run one erasure of any kind and save its artifact; returns (artifact folder, its record)."""
+                  progress: bool = True, threads: int | None = None) -> tuple[Path, EraseRecord]:
+    """Run one erasure of any kind and save its artifact; returns (artifact folder, its record).
+
+    ``threads``: torch CPU threads for the run (0: ``pipelines.threads.default_threads`` for the model;
+    None: the process's setting, unchanged); the previous count is restored afterwards.
+    ``progress=False`` silences the progress bars, the libraries' loading bars included.
+    """
     cls = get_method(method)
     if cls.model_type == "generator":
         text = (concept or "").strip()
@@ -124,6 +140,7 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
         raise InputError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     if artifact_format not in ("auto", "full", "partial"):
         raise InputError(f"--format must be auto, full or partial, got {artifact_format!r}")
+    check_threads(threads)
     base = resolve_base(cls, model)
     out = check_output(Path(output) if output else Path("erased") / f"{cls.name}-{_slug(target.text)}",
                        overwrite, base_dir=base.folder)
@@ -144,42 +161,68 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
     work = out.parent / f".{out.name}.work"
     if overwrite and not resume and work.exists():
         shutil.rmtree(work)
-    accelerator = make_accelerator(tcfg)
-    if cls.model_type == "generator":
-        subject = load_generator(base.source)
-    else:
-        subject = load_pipeline(base.source, device=accelerator.device)
-    algo = cls(config, target, subject, accelerator.device)
-    hashes: dict[str, str] = {}
-    fingerprint = {"method": cls.name, "concept": target.text, "kind": target.kind, "model": base.id,
-                   "config": dataclasses.asdict(config)}
+    with restore_threads():
+        accelerator = make_accelerator(tcfg)
+        ran = autocast_precision(accelerator)
+        if ran != tcfg.mixed_precision and not closed_form:
+            _note(accelerator, f"--mixed-precision {tcfg.mixed_precision} does not run on {accelerator.device.type} "
+                  f"(accelerate autocasts nothing there): training in {'float32' if ran == 'no' else ran}; "
+                  f"erase.json records mixed_precision={ran!r}")
+        if resume and not closed_form and ckpt.find_checkpoint(work / CHECKPOINT) is None:
+            _note(accelerator, f"--resume: no checkpoint of an interrupted run in {work}; starting from step 0")
+        if cls.model_type == "generator":
+            subject = load_generator(base.source)
+        else:
+            subject = load_pipeline(base.source, device=accelerator.device, progress=progress)
+        thread_info = use_threads(threads, _parameters(subject))
+        note = thread_info.pop("note")
+        if note:
+            _note(accelerator, note)
+        algo = cls(config, target, subject, accelerator.device)
+        hashes: dict[str, str] = {}
+        fingerprint = {"method": cls.name, "concept": target.text, "kind": target.kind, "model": base.id,
+                       "config": dataclasses.asdict(config)}
 
-    def hash_base() -> None:
-        hashes.update({name: module_sha256(m) for name, m in algo.changed_components().items()})
+        def hash_base() -> None:
+            hashes.update({name: module_sha256(m) for name, m in algo.changed_components().items()})
 
-    result = train(algo, tcfg, work, resume, fingerprint, accelerator, after_setup=hash_base)
-    accelerator.wait_for_everyone()
-    record = EraseRecord(
-        method=cls.name, method_kind=cls.kind, concept=target.text, concept_name=target.name, kind=target.kind,
-        domain=target.domain.name if target.domain else None, config=dataclasses.asdict(config),
-        preset={"name": found.name, "overrides": preset_used} if preset_used else None,
-        base_model={"id": base.id, "type": cls.model_type}, seed=seed,
-        trainer=None if closed_form else {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "progress"},
-        train={"kind": result.kind, "steps": result.steps, "final_loss": result.final_loss,
-               "resumed_from": result.resumed_from, "first_losses": result.losses[:5],
-               "last_losses": result.losses[-5:]},
-        cost={"seconds": result.seconds, "peak_memory_bytes": result.peak_memory_bytes,
-              "peak_memory_kind": result.peak_memory_kind, "device": str(accelerator.device),
-              "processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
-              "hardware": hardware()},
-        run=algo.run_info(), versions=versions())
-    if accelerator.is_main_process:
-        trained = None if closed_form else list(algo.trainable_parameters())
-        record = save_artifact(out, algo.changed_components(), record, trained, algo.extra_tensors(), overwrite,
-                               artifact_format, hashes)
-        shutil.rmtree(work, ignore_errors=True)
-    accelerator.wait_for_everyone()
+        result = train(algo, tcfg, work, resume, fingerprint, accelerator, after_setup=hash_base)
+        accelerator.wait_for_everyone()
+        trainer_record = {k: v for k, v in dataclasses.asdict(tcfg).items() if k != "progress"}
+        trainer_record.update(mixed_precision=ran, mixed_precision_requested=tcfg.mixed_precision)
+        record = EraseRecord(
+            method=cls.name, method_kind=cls.kind, concept=target.text, concept_name=target.name, kind=target.kind,
+            domain=target.domain.name if target.domain else None, config=dataclasses.asdict(config),
+            preset={"name": found.name, "overrides": preset_used} if preset_used else None,
+            base_model={"id": base.id, "type": cls.model_type}, seed=seed,
+            trainer=None if closed_form else trainer_record,
+            train={"kind": result.kind, "steps": result.steps, "final_loss": result.final_loss,
+                   "resumed_from": result.resumed_from, "first_losses": result.losses[:5],
+                   "last_losses": result.losses[-5:]},
+            cost={"seconds": result.seconds, "peak_memory_bytes": result.peak_memory_bytes,
+                  "peak_memory_kind": result.peak_memory_kind, "device": str(accelerator.device),
+                  "processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
+                  "threads": thread_info, "hardware": hardware()},
+            run=algo.run_info(), versions=versions())
+        if accelerator.is_main_process:
+            trained = None if closed_form else list(algo.trainable_parameters())
+            record = save_artifact(out, algo.changed_components(), record, trained, algo.extra_tensors(), overwrite,
+                                   artifact_format, hashes)
+            shutil.rmtree(work, ignore_errors=True)
+        accelerator.wait_for_everyone()
     return out, record
+
+
+def _parameters(subject: Any) -> int:
+    """Parameters of the network that does the work: a pipeline's UNet, a generator's network."""
+    module = getattr(subject, "unet", None) or getattr(subject, "model", subject)
+    return sum(p.numel() for p in module.parameters())
+
+
+def _note(accelerator, message: str) -> None:
+    """One ``note:`` line on stderr (main process only): the run differs from what was asked, and how."""
+    if accelerator.is_main_process:
+        print(f"note: {message}", file=sys.stderr)
 
 
 def _epilog() -> str:
@@ -218,15 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the method's default)")
     p.add_argument("--seed", type=int, default=0, help=f"0 .. {MAX_SEED} (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact / discard a checkpoint")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in the "
+                   "hidden .<output>.work folder (same method, concept, model and options, else refused); with no "
+                   "checkpoint there, start from step 0 and say so")
     p.add_argument("--no-preset", action="store_true", help="do not apply the world's preset")
     p.add_argument("--device", help="cpu to force the CPU (default: what accelerate picks)")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
+                   help="autocast precision; on a CPU only bf16 runs (fp16 trains in float32, with a note)")
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (default 1)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50, 0: never)")
     p.add_argument("--format", default="auto", choices=("auto", "full", "partial"),
                    help="whole changed components, or only trained tensors (auto: partial when <25%%)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, default=0, help=f"torch CPU threads, at most {MAX_THREADS}; 0 (default): one for a "
+                   f"model under {SMALL_MODEL / 1e6:g} M parameters (the embedded ones), else every available core "
+                   "(README 'Threads')")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (model loading included)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="method options, see below")
     return p
 
@@ -250,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out, record = erase_concept(args.method, args.feature or args.concept, args.kind, args.model,
                                         args.output, options, args.config, args.steps, args.seed, args.overwrite,
                                         args.resume, not args.no_preset, args.device, args.format, trainer,
-                                        not args.quiet)
+                                        not args.quiet, args.threads)
         for w in caught:
             if "not linearly editable" in str(w.message):
                 print(f"warning: {w.message}", file=sys.stderr)
@@ -258,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (InputError, MethodConfigError, ConceptError, ModelLoadError, ArtifactError, TrainingError,
-            CheckpointError, DatasetLayoutError) as err:
+            CheckpointError, DatasetLayoutError, ThreadsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -269,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{record.train['steps']} steps)\n"
           f"  time {cost['seconds']:.1f} s (total {time.perf_counter() - t0:.1f} s), peak memory "
           f"{cost['peak_memory_bytes'] / 2**20:.1f} MiB ({cost['peak_memory_kind']}), "
-          f"size {cost['artifact_bytes'] / 2**20:.2f} MiB")
+          f"size {cost['artifact_bytes'] / 2**20:.2f} MiB, {cost['torch_threads']} torch thread(s) "
+          f"({cost['threads']['chosen_by']})")
     return 0
 
 

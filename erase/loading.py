@@ -29,13 +29,16 @@ def base_id(record: EraseRecord, model: str | os.PathLike | None = None) -> str 
 
 
 def load_erased_pipeline(artifact_dir: str | os.PathLike, device: str | torch.device | None = None,
-                         dtype: torch.dtype = torch.float32, model: str | os.PathLike | None = None
-                         ) -> StableDiffusionPipeline:
-    """The base model named in the artifact's ``erase.json`` (or ``model``) with the erased components applied."""
+                         dtype: torch.dtype = torch.float32, model: str | os.PathLike | None = None,
+                         progress: bool = True) -> StableDiffusionPipeline:
+    """The base model named in the artifact's ``erase.json`` (or ``model``) with the erased components applied.
+
+    ``progress=False``: no loading bars (``pipelines.stable_diffusion.load_pipeline``).
+    """
     record = read_record(artifact_dir)
     if record.base_model.get("type", "diffusion") != "diffusion":
         raise ArtifactError(f"{artifact_dir} erases a {record.base_model.get('type')}, not a diffusion model")
-    pipe = load_pipeline(base_id(record, model), dtype=torch.float32)
+    pipe = load_pipeline(base_id(record, model), dtype=torch.float32, progress=progress)
     apply_artifact(artifact_dir, {name: getattr(pipe, name, None) for name in record.components})
     if dtype != torch.float32:
         pipe.to(dtype=dtype)

@@ -97,6 +97,20 @@ def make_accelerator(config: TrainerConfig):
     return Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
 
 
+def autocast_precision(accelerator) -> str:
+    """What ``accelerator.autocast()`` really does on its device: ``fp16``, ``bf16`` or ``no`` (float32).
+
+    Asked of torch inside the context rather than read from the request: accelerate accepts
+    ``mixed_precision="fp16"`` on a CPU but autocasts nothing there, so such a run trains in float32.
+    """
+    device_type = accelerator.device.type
+    with accelerator.autocast():
+        if not torch.is_autocast_enabled(device_type):
+            return "no"
+        dtype = torch.get_autocast_dtype(device_type)
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
 @dataclass
 class StepContext:
     """What a ``SteppingMethod`` gets for one step: its generator, autocast, a checked backward, the optimizer."""

@@ -12,14 +12,17 @@ import functools
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
+from huggingface_hub import utils as hub_utils
 from transformers import CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "minicanvas_sd"
 EMBEDDED_MODEL_NAME = "minicanvas-sd"
@@ -79,12 +82,36 @@ def _folder_tokenizer(folder: str, stamp: float) -> CLIPTokenizer | None:
     return CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
 
 
-def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                  dtype: torch.dtype = torch.float32, **components) -> StableDiffusionPipeline:
-    """A ``StableDiffusionPipeline`` with a DDIM scheduler, progress bars off, safety checker off.
+@contextmanager
+def loading_progress(enabled: bool) -> Iterator[None]:
+    """The loading bars of diffusers ("Loading pipeline components"), transformers ("Loading weights") and
+    huggingface_hub (downloads) off for a block when ``enabled`` is false, through their public switches;
+    each library's previous setting is restored afterwards.
+    """
+    if enabled:
+        yield
+        return
+    was = (diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled(),
+           not hub_utils.are_progress_bars_disabled())
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for on, enable in zip(was, (diffusers_logging.enable_progress_bar, transformers_logging.enable_progress_bar,
+                                    hub_utils.enable_progress_bars)):
+            if on:
+                enable()
 
-    ``components`` (e.g. ``unet=...``, ``text_encoder=...``) replace the base model's own, which is
-    how an erased artifact is applied without touching the base model's files.
+
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                  dtype: torch.dtype = torch.float32, progress: bool = True, **components) -> StableDiffusionPipeline:
+    """A ``StableDiffusionPipeline`` with a DDIM scheduler, sampling bars off, safety checker off.
+
+    ``progress=False`` also silences the libraries' loading bars (``loading_progress``), for ``--quiet``
+    runs. ``components`` (e.g. ``unet=...``, ``text_encoder=...``) replace the base model's own, which
+    is how an erased artifact is applied without touching the base model's files.
     """
     source = resolve_model(model)
     files = sorted((Path(source) / "tokenizer").glob("*")) if Path(source).is_dir() else []
@@ -96,7 +123,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # the hub-unreachable warning would repeat our one-line error
     try:
-        with warnings.catch_warnings():  # the clip_sample notice; the saved config is restored below
+        with warnings.catch_warnings(), loading_progress(progress):  # the clip_sample notice: config restored below
             warnings.filterwarnings("ignore", message=".*clip_sample.*", category=FutureWarning)
             pipe = StableDiffusionPipeline.from_pretrained(source, dtype=dtype, safety_checker=None,
                                                            requires_safety_checker=False, **components)

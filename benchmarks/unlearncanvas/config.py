@@ -15,8 +15,10 @@ from typing import Sequence
 
 from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
 from erase.concepts import DOMAINS, Domain
+from erase.trainer import MAX_SEED
 
 EXTENSIONS = ("png", "jpg")
+MAX_SIZE = 4096
 
 
 class UsageError(ValueError):
@@ -80,6 +82,12 @@ class EvalConfig:
             grid_seed=self.grid_seed if self.grid_seed is not None else seeds[0])
         if cfg.steps < 1 or cfg.batch_size < 1 or len(set(seeds)) != len(seeds):
             raise UsageError("--steps and --batch-size must be positive and --seeds distinct")
+        bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise UsageError(f"--seeds must be between 0 and {MAX_SEED}, got {bad[0]}")
+        if cfg.size is not None and not (8 <= cfg.size <= MAX_SIZE and cfg.size % 8 == 0):
+            raise UsageError(f"--size must be a multiple of 8 between 8 and {MAX_SIZE} (the VAE halves it three "
+                             f"times), got {cfg.size}")
         if cfg.ext not in EXTENSIONS:
             raise UsageError(f"ext must be one of {', '.join(EXTENSIONS)}, got {cfg.ext!r}")
         if cfg.grid_seed not in seeds:

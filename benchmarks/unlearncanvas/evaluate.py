@@ -103,12 +103,16 @@ def describe_model(model: str | None = None, artifact: str | Path | None = None)
 
 
 def load_model(model: str | None = None, artifact: str | Path | None = None, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
-    """(pipeline, model description): the base model, or the base named in ``artifact`` with the erasure applied."""
+               dtype: torch.dtype = torch.float32, progress: bool = True
+               ) -> tuple[StableDiffusionPipeline, dict[str, Any]]:
+    """(pipeline, model description): the base model, or the base named in ``artifact`` with the erasure applied.
+
+    ``progress=False``: no loading bars (``--no-progress``).
+    """
     info = describe_model(model, artifact)
     if artifact is not None:
-        return load_erased_pipeline(artifact, device=device, dtype=dtype, model=model), info
-    return load_pipeline(model, device=device, dtype=dtype), info
+        return load_erased_pipeline(artifact, device=device, dtype=dtype, model=model, progress=progress), info
+    return load_pipeline(model, device=device, dtype=dtype, progress=progress), info
 
 
 def _in_memory_model(pipe: StableDiffusionPipeline) -> dict[str, Any]:
@@ -194,7 +198,7 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
         accuracy=scores["accuracy"], clip=scores.get("clip"), fid=scores.get("fid"),
         efficiency=efficiency_from_artifact(model_info.get("artifact")), hardware=hardware(), torch=torch.__version__,
         seconds={"generation": gen_info.get("seconds"), "scoring": round(score_seconds, 2),
-                 "total": round(time.perf_counter() - t_start, 2)})
+                 "total": round(time.perf_counter() - t_start, 2), "torch_threads": torch.get_num_threads()})
     if cfg.out is not None and accelerator.is_main_process:
         write_report(results.to_json(), answer, domain, cfg.out, cfg.grid_seed)
     return results

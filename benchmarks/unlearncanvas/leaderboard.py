@@ -27,8 +27,35 @@ COLUMNS = ("St. UA", "St. IRA", "St. CRA", "Obj. UA", "Obj. IRA", "Obj. CRA", "F
            "Stor. (GB)")
 
 
+# What the table reads of each results.json: top-level keys, keys inside them, keys of every target row.
+REQUIRED = ("label", "domain", "targets", "answer_set", "classifier")
+NESTED = {"answer_set": ("images", "grid"), "classifier": ("name",), "fid": ("features",)}
+TARGET_KEYS = ("target", "kind", "UA", "IRA", "CRA")
+
+
 class MergeError(ValueError):
     """Results that cannot be merged into one table."""
+
+
+def check_keys(r: dict, path: Path) -> None:
+    """Refuse a hand-edited or truncated results.json with one line naming the file and the first missing key."""
+    for key in REQUIRED:
+        if key not in r:
+            raise MergeError(f"{path} lacks key {key!r}")
+    for key, inner in NESTED.items():
+        if r.get(key) is None and key == "fid":
+            continue
+        if not isinstance(r[key], dict):
+            raise MergeError(f"{path}: {key!r} is not an object")
+        for k in inner:
+            if k not in r[key]:
+                raise MergeError(f"{path}: {key!r} lacks key {k!r}")
+    if not isinstance(r["targets"], list):
+        raise MergeError(f"{path}: 'targets' is not a list")
+    for i, row in enumerate(r["targets"]):
+        missing = [k for k in TARGET_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise MergeError(f"{path}: targets[{i}] lacks key {missing[0]!r}")
 
 
 def load_results(paths: Sequence[str | Path]) -> list[dict]:
@@ -45,6 +72,7 @@ def load_results(paths: Sequence[str | Path]) -> list[dict]:
             raise MergeError(f"cannot read {p}: {err}") from None
         if not isinstance(r, dict) or r.get("schema", "").split("/")[0] != "erase.unlearncanvas-eval":
             raise MergeError(f"{p} is not an unlearncanvas-eval results.json")
+        check_keys(r, p)
         r["_path"] = str(p)
         out.append(r)
     domains = {r["domain"] for r in out}

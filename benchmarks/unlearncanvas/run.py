@@ -28,6 +28,7 @@ from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
 from benchmarks.unlearncanvas.report import summary_text
 from erase.artifacts import read_record
 from erase.concepts import DOMAINS
+from pipelines.threads import MAX_THREADS, SMALL_MODEL, check_threads, restore_threads, use_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label", default=None, help="row name in leaderboards (default: the artifact's method, or 'base')")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: accelerate's choice)")
     g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    g.add_argument("--threads", type=int, default=0, help=f"torch CPU threads, at most {MAX_THREADS}; 0 (default): one "
+                   f"for a UNet under {SMALL_MODEL / 1e6:g} M parameters, else every available core (README 'Threads')")
     g = p.add_argument_group("protocol")
     g.add_argument("--domain", choices=sorted(DOMAINS), default="minicanvas")
     g.add_argument("--target", action="append", default=None,
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the Frechet distance is taken on CLIP image features and named so")
     g.add_argument("--no-fid", action="store_true")
     g.add_argument("--grid-seed", type=int, default=None, help="seed shown in the PNG grid (default: the first)")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (model loading included)")
     return p
 
 
@@ -96,16 +99,26 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def run(config: EvalConfig, model: str | None = None, artifact: str | None = None, score_only: bool = False,
-        dtype: torch.dtype = torch.float32) -> int:
-    """Check everything, load the judges, then the model, then evaluate; print the summary."""
+        dtype: torch.dtype = torch.float32, threads: int | None = None) -> int:
+    """Check everything, load the judges, then the model, then evaluate; print the summary.
+
+    ``threads``: torch CPU threads (0: ``pipelines.threads.default_threads`` for the UNet; None: the
+    process's, unchanged); the previous count is restored afterwards.
+    """
     started = time.perf_counter()
     if score_only and artifact:
         raise UsageError("--score-only loads no model; drop --artifact or --score-only (use --label to name the row)")
+    check_threads(threads)
     concept = read_record(artifact).concept if artifact else None
     config = config.resolved(concept)
     accelerator, device = evaluation_device(config.device)
-    with load_judges(config, device) as judges:
-        pipe, info = (None, None) if score_only else load_model(model, artifact, device=device, dtype=dtype)
+    with restore_threads(), load_judges(config, device) as judges:
+        pipe, info = (None, None) if score_only else load_model(model, artifact, device=device, dtype=dtype,
+                                                                progress=config.progress)
+        work = sum(p.numel() for p in pipe.unet.parameters()) if pipe else SMALL_MODEL  # scoring only: batched judges
+        note = use_threads(threads, work, check_load=pipe is not None)["note"]
+        if note and accelerator.is_main_process:
+            print(f"note: {note}", file=sys.stderr)
         results = evaluate(pipe, config, model_info=info, judges=judges, started=started)
     if accelerator.is_main_process:
         print(summary_text(results.to_json(), config.out))
@@ -118,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return leaderboard.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return run(config_from_args(args), args.model, args.artifact, args.score_only, getattr(torch, args.dtype))
+        return run(config_from_args(args), args.model, args.artifact, args.score_only, getattr(torch, args.dtype),
+                   args.threads)
     except (ValueError, OSError) as err:  # every project error type is a ValueError with a one-line message
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"unlearncanvas-eval: error: {msg}", file=sys.stderr)

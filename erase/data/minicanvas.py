@@ -300,22 +300,33 @@ def write_dataset(root: str | Path, per_cell: int = 20, seed: int = 0, size: int
                   ext: str = "png") -> Path:
     """Write MiniCanvas as ``<root>/<Theme>/<Object>/<idx>.<ext>``, idx from 1, like UnlearnCanvas.
 
-    The tree is built in a sibling temporary folder and renamed into place, so an interrupted
-    run leaves no half-written dataset behind.
+    Every argument is checked before anything is created; the tree is built in a sibling temporary
+    folder that is renamed into place, or removed on any failure (a kill -9 aside, whose leftover
+    the next run replaces), so no half-written dataset is left behind.
     """
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists; choose a new folder")
     if per_cell < 1 or per_cell > 10_000:
         raise ValueError(f"--per-cell must be between 1 and 10000, got {per_cell}")
+    if not 16 <= size <= 1024 or size % 8:
+        raise ValueError(f"--size must be a multiple of 8 between 16 and 1024, got {size}")
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
+    if ext not in ("png", "jpg"):
+        raise ValueError(f"--ext must be png or jpg, got {ext!r}")
     tmp = root.with_name(root.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
-    for s in grid_samples(per_cell):
-        folder = tmp / s.theme / s.obj
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(render(s.theme, s.obj, s.idx, seed, size)).save(folder / f"{s.idx}.{ext}")
-    tmp.rename(root)
+    try:
+        for s in grid_samples(per_cell):
+            folder = tmp / s.theme / s.obj
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(render(s.theme, s.obj, s.idx, seed, size)).save(folder / f"{s.idx}.{ext}")
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return root
 
 

@@ -1,3 +1,6 @@
+import json
+import socket
+
 import numpy as np
 import pytest
 import torch
@@ -64,12 +67,47 @@ def test_base_named_in_erase_json_is_loaded_and_the_app_listens_on_localhost(tin
     assert build_parser().parse_args(["--artifact", "x"]).host == "127.0.0.1"
 
 
+def _free_port() -> str:
+    """A port nothing listens on now, so that these tests do not depend on 7860 being free on the machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
 def test_bad_artifacts_give_one_line_errors(tmp_path, capsys):
-    assert main(["--artifact", str(tmp_path / "missing")]) == 2
+    assert main(["--artifact", str(tmp_path / "missing"), "--port", _free_port()]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "does not exist" in err and len(err.splitlines()) == 1
     with pytest.raises(ArtifactError):
         Playground(None, [])
+
+
+def test_a_port_out_of_range_or_taken_is_one_line_before_any_model_loads(tmp_path, capsys):
+    missing = str(tmp_path / "missing")  # the port is checked first: no artifact is read, no model loaded
+    assert main(["--artifact", missing, "--port", "99999"]) == 2
+    assert "--port must be between 1 and 65535" in _one_error_line(capsys)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--artifact", missing, "--port", str(port)]) == 2
+    assert f"127.0.0.1:{port}: already in use" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_erase_json_without_a_component_format_is_one_line(artifact, capsys):
+    folder = artifact[0]
+    record = json.loads((folder / "erase.json").read_text())
+    del record["components"]["unet"]["format"]
+    (folder / "erase.json").write_text(json.dumps(record))
+    assert main(["--artifact", str(folder), "--port", _free_port()]) == 2
+    assert "component 'unet' lacks key 'format'" in _one_error_line(capsys)
 
 
 def test_an_artifact_of_another_base_is_refused(artifact, embedded_pipe):

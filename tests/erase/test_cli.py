@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
 from erase.artifacts import read_record
-from erase.cli import main
+from erase.cli import MAX_NAME_BYTES, _slug, main
 from erase.loading import load_erased_pipeline
 from pipelines.stable_diffusion import generate
 
@@ -37,6 +38,9 @@ def test_help_lists_methods_and_options_with_defaults(capsys):
     (["--method", "esd", "--concept", "Candy", "--seed", "-1"], "--seed must be between"),
     (["--method", "salun", "--concept", "Candy", "mask_keep=1.5"], "mask_keep"),
     (["--method", "esd", "--concept", "Candy", "--labels", "x.json"], "belongs to generator methods"),
+    (["--method", "feature-unlearning", "--model", "digits-vae", "--concept", "7", "--classifier", "digits",
+      "batch_size=0"], "option batch_size must be at least 1"),
+    (["--method", "esd", "--concept", "Candy", "--threads", "-1"], "--threads must be between 0"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tiny_sd_dir, tmp_path, capsys,
                                                          monkeypatch):
@@ -55,6 +59,45 @@ def test_a_very_long_concept_gets_a_short_default_folder(tiny_sd_dir, tmp_path, 
     assert code == 0, err
     (folder,) = (tmp_path / "erased").iterdir()
     assert len(folder.name) <= 90 and read_record(folder).concept.endswith("long")
+
+
+def test_default_folder_names_keep_letters_of_any_script_within_the_file_name_limit():
+    assert _slug("Ünïcödé 梵高 style!") == "ünïcödé-梵高-style"
+    long = _slug("𝒜" * 200)  # 4 UTF-8 bytes per letter
+    assert long.startswith("𝒜") and len(long.encode()) <= MAX_NAME_BYTES
+
+
+def test_fp16_on_a_cpu_records_what_ran_and_says_so_once(tiny_sd_dir, tmp_path, capsys):
+    threads_before = torch.get_num_threads()
+    code, _, err = _run(["--method", "esd", "--concept", "Candy", "--model", str(tiny_sd_dir), "--output",
+                         str(tmp_path / "o"), "--device", "cpu", "--mixed-precision", "fp16", *FAST], capsys)
+    assert code == 0, err
+    # the note is the only line: --quiet also silences the libraries' "Loading ..." bars
+    assert err.startswith("note: --mixed-precision fp16 does not run on cpu") and err.count("\n") == 1
+    record = read_record(tmp_path / "o")
+    assert record.trainer["mixed_precision"] == "no" and record.trainer["mixed_precision_requested"] == "fp16"
+    # the default thread count: one for the tiny UNet, recorded with its reason, then given back to the process
+    assert record.cost["torch_threads"] == record.cost["threads"]["torch_threads"] == 1
+    assert record.cost["threads"]["chosen_by"].startswith("default: one thread below")
+    assert torch.get_num_threads() == threads_before
+
+
+def test_resume_without_a_checkpoint_starts_at_step_0_and_says_so(tiny_sd_dir, tmp_path, capsys):
+    code, _, err = _run(["--method", "esd", "--concept", "Candy", "--model", str(tiny_sd_dir), "--output",
+                         str(tmp_path / "o"), "--resume", "--threads", "1", *FAST], capsys)
+    assert code == 0, err
+    assert err.startswith("note: --resume: no checkpoint") and "starting from step 0" in err and err.count("\n") == 1
+    record = read_record(tmp_path / "o")
+    assert record.train["resumed_from"] == 0 and record.train["steps"] == 3
+    assert record.cost["torch_threads"] == 1 and record.cost["threads"]["chosen_by"] == "--threads"
+
+
+def test_without_quiet_the_loading_bars_show(tiny_sd_dir, tmp_path, capsys):
+    """The counterpart of the --quiet runs above: the same load prints the libraries' bars."""
+    code, _, err = _run(["--method", "esd", "--concept", "Candy", "--model", str(tiny_sd_dir), "--output",
+                         str(tmp_path / "o"), "--steps", "1", "ddim_steps=2", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "Loading pipeline components" in err
 
 
 def test_end_to_end_then_existing_and_unwritable_outputs(tiny_sd_dir, tiny_pipe, tmp_path, capsys):

@@ -8,7 +8,8 @@ from erase.concepts import resolve_concept
 from erase.methods.base import GradientMethod
 from erase.methods.config import build_config
 from erase.methods.esd import ESD, ESDConfig
-from erase.trainer import MAX_SEED, NonFiniteLossError, TrainerConfig, TrainingError, step_generator, train
+from erase.trainer import (MAX_SEED, NonFiniteLossError, TrainerConfig, TrainingError, autocast_precision,
+                           make_accelerator, step_generator, train)
 from tests.conftest import copy_pipe
 
 
@@ -103,6 +104,13 @@ def test_bf16_mixed_precision_runs_in_the_same_process():
         assert res.losses[-1] < 0.2 * res.losses[0]
     with pytest.raises(TrainingError, match="mixed_precision"):
         train(Regression(), TrainerConfig(mixed_precision="fp8"))
+
+
+@pytest.mark.parametrize("requested,ran", [("no", "no"), ("fp16", "no"), ("bf16", "bf16")])
+def test_the_precision_that_runs_on_a_cpu_is_read_from_autocast(requested, ran):
+    """accelerate takes fp16 on a CPU but autocasts nothing: such a run is float32 and must say so."""
+    accelerator = make_accelerator(TrainerConfig(mixed_precision=requested, cpu=True))
+    assert autocast_precision(accelerator) == ran
 
 
 def test_after_setup_runs_before_the_first_change():

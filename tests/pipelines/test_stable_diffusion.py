@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from pipelines.stable_diffusion import ModelLoadError, generate, load_pipeline, resolve_model
 
@@ -45,3 +47,11 @@ def test_embedded_model_loads_and_draws_deterministically(embedded_pipe):
     b = generate(load_pipeline(), ["A Fish image in Neon style."], [188], steps=4)
     assert a.shape == (1, 32, 32, 3)
     assert np.array_equal(a, b)  # bit-exact on purpose: the same weights and batch in one process
+
+
+def test_quiet_loading_silences_the_libraries_bars_and_restores_their_settings(tiny_sd_dir, capsys):
+    load_pipeline(tiny_sd_dir, progress=False)
+    assert "Loading" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
+    load_pipeline(tiny_sd_dir)  # the same load with the bars the libraries show by default
+    assert "Loading pipeline components" in capsys.readouterr().err

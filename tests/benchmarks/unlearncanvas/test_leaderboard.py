@@ -51,6 +51,24 @@ def test_results_that_do_not_compare_are_refused(tiny_eval, tmp_path, capsys, ch
     assert message in err and err.count("\n") == 1 and not (tmp_path / "lb").exists()
 
 
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("domain"), "lacks key 'domain'"),
+    (lambda r: r.pop("label"), "lacks key 'label'"),
+    (lambda r: r["answer_set"].pop("images"), "'answer_set' lacks key 'images'"),
+    (lambda r: r["classifier"].pop("name"), "'classifier' lacks key 'name'"),
+    (lambda r: r["fid"].pop("features"), "'fid' lacks key 'features'"),
+    (lambda r: r["targets"][1].pop("UA"), "targets[1] lacks key 'UA'"),
+])
+def test_a_hand_edited_results_json_is_one_line_naming_file_and_key(tiny_eval, tmp_path, capsys, change, message):
+    edited = json.loads(json.dumps(tiny_eval.results.to_json()))
+    change(edited)
+    path = _write(tmp_path / "edited.json", edited)
+    assert main([str(tiny_eval.out), str(path), "--out", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unlearncanvas-eval merge: error: ") and err.count("\n") == 1
+    assert str(path) in err and message in err and not (tmp_path / "lb").exists()
+
+
 def test_unreadable_or_missing_results(tmp_path):
     with pytest.raises(MergeError, match="no results.json"):
         load_results([])

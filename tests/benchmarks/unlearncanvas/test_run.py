@@ -71,7 +71,8 @@ def test_judge_options_that_do_not_fit_together(fields, message):
         load_judges(EvalConfig(**fields))
 
 
-@pytest.mark.parametrize("case", ["classifier", "dataset", "empty", "artifact", "target", "score-only"])
+@pytest.mark.parametrize("case", ["classifier", "dataset", "empty", "artifact", "target", "score-only", "huge-seed",
+                                  "negative-seed", "size", "grid-seed", "no-format", "threads"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_dir, capsys, case):
     out = tmp_path / "out"
     base = ["--model", tiny_sd_dir, "--seeds", "188", "--steps", "1", "--out", out, *CPU]
@@ -92,8 +93,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_dir, capsys, case):
         args, msg = base + ["--artifact", tmp_path / "nothing"], "does not exist"
     elif case == "target":
         args, msg = base + ["--target", "Van_Gogh"], "not a style or object of minicanvas"
-    else:
+    elif case == "score-only":
         args, msg = base + ["--score-only", "--artifact", tmp_path / "nothing"], "--score-only loads no model"
+    elif case in ("huge-seed", "negative-seed"):  # a later --seeds replaces the first
+        args, msg = base + ["--seeds", 10**20 if case == "huge-seed" else -3], "--seeds must be between 0 and"
+    elif case == "size":
+        args, msg = base + ["--size", "7"], "--size must be a multiple of 8"
+    elif case == "grid-seed":
+        args, msg = base + ["--grid-seed", "5"], "--grid-seed 5 is not one of --seeds"
+    elif case == "no-format":
+        record = _record(str(tiny_sd_dir), {}).to_json()
+        record["components"] = {"unet": {"class": "UNet2DConditionModel", "tensors": 1}}
+        (tmp_path / "art").mkdir()
+        (tmp_path / "art" / "erase.json").write_text(json.dumps(record))
+        args, msg = base + ["--artifact", tmp_path / "art"], "component 'unet' lacks key 'format'"
+    else:
+        args, msg = base + ["--threads", "-1"], "--threads must be between 0"
     inputs = {p.name for p in tmp_path.iterdir()}
     rc, stdout, err = run_cli(args, capsys)
     assert rc == 2
@@ -125,6 +140,7 @@ def test_erased_artifact_gives_target_label_efficiency_and_keys_its_answer_set(t
             *CPU]
     rc, stdout, err = run_cli(args, capsys)  # base model and target from erase.json
     assert rc == 0, err
+    assert "Loading" not in err  # --no-progress silences the libraries' loading bars too
     res = json.loads((out / "results.json").read_text())
     assert res["label"] == "esd" and [t["target"] for t in res["targets"]] == ["Fire"]
     assert res["model"]["artifact"] and res["model"]["base"] == str(tiny_sd_dir)

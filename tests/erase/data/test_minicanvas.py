@@ -54,12 +54,27 @@ def test_write_dataset_layout_and_refuses_existing(tmp_path):
         minicanvas.write_dataset(root, per_cell=1)
 
 
-@pytest.mark.parametrize("args", [["--per-cell", "0"], ["--size", "12"]])
-def test_cli_rejects_absurd_sizes(tmp_path, capsys, args):
+@pytest.mark.parametrize("args", [["--per-cell", "0"], ["--size", "12"], ["--size", "0"], ["--seed", "-1"]])
+def test_cli_rejects_absurd_sizes_before_creating_anything(tmp_path, capsys, args):
     assert minicanvas.main(["--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("minicanvas: error:") and "\n" not in err
-    assert not (tmp_path / "x").exists()
+    assert list(tmp_path.iterdir()) == []  # neither x nor x.partial
+
+
+def test_an_interrupted_write_leaves_no_partial_folder(tmp_path, monkeypatch):
+    calls = []
+
+    def render_then_interrupt(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return np.zeros((32, 32, 3), np.uint8)
+
+    monkeypatch.setattr(minicanvas, "render", render_then_interrupt)  # the project's renderer, not a library
+    with pytest.raises(KeyboardInterrupt):
+        minicanvas.write_dataset(tmp_path / "mc", per_cell=2)
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []
 
 
 def test_unknown_names_are_rejected():
