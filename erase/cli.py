@@ -140,6 +140,11 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
         raise InputError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     if artifact_format not in ("auto", "full", "partial"):
         raise InputError(f"--format must be auto, full or partial, got {artifact_format!r}")
+    if device not in (None, "cpu", "cuda"):
+        raise InputError(f"--device takes cpu or cuda, got {device!r}; accelerate places the run, so pick a GPU with "
+                         "CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=1 erase-concept ...)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible to this process")
     check_threads(threads)
     base = resolve_base(cls, model)
     out = check_output(Path(output) if output else Path("erased") / f"{cls.name}-{_slug(target.text)}",
@@ -265,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "hidden .<output>.work folder (same method, concept, model and options, else refused); with no "
                    "checkpoint there, start from step 0 and say so")
     p.add_argument("--no-preset", action="store_true", help="do not apply the world's preset")
-    p.add_argument("--device", help="cpu to force the CPU (default: what accelerate picks)")
+    p.add_argument("--device", help="cpu to force the CPU, cuda to require a GPU (default: "
+                   "what accelerate picks; choose a GPU with CUDA_VISIBLE_DEVICES)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
                    help="autocast precision; on a CPU only bf16 runs (fp16 trains in float32, with a note)")
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (default 1)")

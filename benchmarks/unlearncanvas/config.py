@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
+from benchmarks.unlearncanvas.protocol import ATTACK_DEFAULTS, SAMPLER_DEFAULTS
+from erase.attacks.unlearndiffatk import KINDS, AttackConfig
 from erase.concepts import DOMAINS, Domain
 from erase.trainer import MAX_SEED
 
@@ -56,6 +57,13 @@ class EvalConfig:
     use_fid: bool = True
     dataset: str | Path | None = None  # <root>/<Style>/<Object>/<idx>.<ext>; None (minicanvas): rendered
     inception_weights: str | Path | None = None
+    # robustness: the UnlearnDiffAtk attack of every target (None: no attack); None fields: the domain's default
+    attack: str | None = None  # unlearndiffatk | soft
+    attack_tokens: int | None = None
+    attack_insertion: str | None = None  # prefix | concept
+    attack_timesteps: int | None = None
+    attack_steps: int | None = None  # Adam steps per timestep
+    attack_prompts: int | None = None  # the first N of each target's prompts; None: all
     # run
     device: str | None = None  # None: accelerate's choice
     progress: bool = True
@@ -66,6 +74,17 @@ class EvalConfig:
             return DOMAINS[self.domain]
         except KeyError:
             raise UsageError(f"unknown domain {self.domain!r}; known: {', '.join(sorted(DOMAINS))}") from None
+
+    def attack_config(self) -> AttackConfig | None:
+        """The attack's settings: the domain's defaults, the ``attack_*`` fields over them, judged with the
+        answer set's sampler (steps and guidance must be resolved); None without ``attack``."""
+        if self.attack is None:
+            return None
+        base = ATTACK_DEFAULTS[self.spec.name]
+        given = {"tokens": self.attack_tokens, "insertion": self.attack_insertion, "timesteps": self.attack_timesteps,
+                 "steps_per_timestep": self.attack_steps}
+        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None},
+                                   judge_steps=self.steps, judge_guidance=self.guidance)
 
     def resolved(self, concept: str | None = None) -> "EvalConfig":
         """A copy with every default filled in and every field checked; ``concept``: the artifact's."""
@@ -92,6 +111,17 @@ class EvalConfig:
             raise UsageError(f"ext must be one of {', '.join(EXTENSIONS)}, got {cfg.ext!r}")
         if cfg.grid_seed not in seeds:
             raise UsageError(f"--grid-seed {cfg.grid_seed} is not one of --seeds")
+        if cfg.attack is not None:
+            if cfg.attack not in KINDS:
+                raise UsageError(f"unknown attack {cfg.attack!r}; known: {', '.join(KINDS)}")
+            if not targets and not concept:
+                raise UsageError("--attack needs a target: --target NAME, or an --artifact whose concept it is")
+            if cfg.attack_prompts is not None and cfg.attack_prompts < 1:
+                raise UsageError(f"--attack-prompts must be at least 1, got {cfg.attack_prompts}")
+            cfg.attack_config().check()  # an AttackError (a ValueError): one line
+        elif any(v is not None for v in (cfg.attack_tokens, cfg.attack_insertion, cfg.attack_timesteps,
+                                         cfg.attack_steps, cfg.attack_prompts)):
+            raise UsageError("--attack-* options need --attack unlearndiffatk (or soft)")
         if cfg.out is not None:
             cfg.out = Path(cfg.out)
             if cfg.out.exists() and not cfg.out.is_dir():

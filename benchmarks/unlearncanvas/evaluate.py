@@ -30,8 +30,10 @@ from benchmarks.unlearncanvas.config import EvalConfig, UsageError
 from benchmarks.unlearncanvas.judges import Judges, load_judges
 from benchmarks.unlearncanvas.metrics import efficiency_from_artifact
 from benchmarks.unlearncanvas.report import write_report
+from benchmarks.unlearncanvas.robustness import evaluate_robustness, examples_image
 from benchmarks.unlearncanvas.scoring import score
 from erase.artifacts import read_record
+from erase.attacks.tokens import check_vocabulary
 from erase.loading import load_erased_pipeline
 from erase.provenance import file_sha256, folder_hash, hardware, module_sha256
 from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, load_pipeline, resolve_model
@@ -60,11 +62,12 @@ class Results:
     hardware: str
     torch: str
     seconds: dict[str, Any]
+    robustness: dict[str, Any] | None = None  # robustness.evaluate_robustness, with --attack
     schema: str = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
         keys = ("schema", "label", "domain", "model", "targets", "summary", "answer_set", "classifier", "accuracy",
-                "clip", "fid", "efficiency", "hardware", "torch", "seconds")
+                "clip", "fid", "robustness", "efficiency", "hardware", "torch", "seconds")
         return {k: getattr(self, k) for k in keys}
 
     @classmethod
@@ -136,13 +139,17 @@ def _model_key(info: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the protocol
 def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_info: dict[str, Any] | None = None,
-             judges: Judges | None = None, started: float | None = None) -> Results:
+             judges: Judges | None = None, started: float | None = None,
+             base_pipe: StableDiffusionPipeline | None = None) -> Results:
     """Generate (or resume) the answer set with ``pipe``, score it, write the report to ``config.out``.
 
     ``pipe=None`` scores an existing answer set (``config.answer_dir``). ``model_info`` describes the
     model (``load_model``/``describe_model``; default: hashes of the pipeline's weights) and keys the
     answer set; ``judges`` may be loaded beforehand with ``load_judges`` (so bad judge paths fail
     before a model loads); ``started`` (``time.perf_counter()``) counts earlier work into the total.
+    With ``config.attack`` every target is also attacked (``robustness.evaluate_robustness``); the target
+    images come from ``base_pipe``, the un-erased model (default: ``pipe`` itself when it is a base model,
+    else the base named in ``model_info``, loaded here).
     Every process of an ``accelerate launch`` calls this; each draws and scores its share, the main
     process writes the files, and every process returns the same ``Results``.
     """
@@ -155,6 +162,11 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
         model_info = _in_memory_model(pipe)
     cfg = config.resolved(model_info.get("concept"))
     domain = cfg.spec
+    attack = cfg.attack_config()
+    if attack is not None:
+        if pipe is None:
+            raise UsageError("--attack needs the model: it cannot run on a given answer set (--score-only)")
+        check_vocabulary(pipe.tokenizer, pipe.text_encoder)
     accelerator, device = evaluation_device(cfg.device)
     progress = cfg.progress and accelerator.is_local_main_process
     own_judges = judges is None
@@ -180,6 +192,20 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
                        accelerator.num_processes, device)
         score_seconds = time.perf_counter() - t_score
         classifier_name = judges.classifier_name
+        robustness = None
+        if attack is not None:
+            if base_pipe is None:
+                base_pipe = (load_pipeline(model_info["base"], device=device, progress=cfg.progress)
+                             if model_info.get("artifact") else pipe)
+            robustness = evaluate_robustness(
+                pipe, base_pipe, domain, list(cfg.targets), judges.classifier, cfg.attack, attack, list(cfg.seeds),
+                cfg.attack_prompts, classifier_name, None if cfg.out is None else cfg.out / ".attack",
+                _model_key(model_info), (accelerator.process_index, accelerator.num_processes), progress, answer,
+                cfg.photo_phrase)
+            by_target = {r["target"]: r for r in robustness["targets"]}
+            for row in scores["targets"]:
+                if row["target"] in by_target:
+                    row["pre_ASR"], row["ASR"] = by_target[row["target"]]["pre_asr"], by_target[row["target"]]["asr"]
     finally:
         if own_judges:
             judges.close()
@@ -195,10 +221,11 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
         classifier={"name": classifier_name, "images": len(answer),
                     "images_per_theme": scores["accuracy"]["images_per_theme"],
                     "images_per_object": scores["accuracy"]["images_per_object"]},
-        accuracy=scores["accuracy"], clip=scores.get("clip"), fid=scores.get("fid"),
+        accuracy=scores["accuracy"], clip=scores.get("clip"), fid=scores.get("fid"), robustness=robustness,
         efficiency=efficiency_from_artifact(model_info.get("artifact")), hardware=hardware(), torch=torch.__version__,
         seconds={"generation": gen_info.get("seconds"), "scoring": round(score_seconds, 2),
                  "total": round(time.perf_counter() - t_start, 2), "torch_threads": torch.get_num_threads()})
     if cfg.out is not None and accelerator.is_main_process:
-        write_report(results.to_json(), answer, domain, cfg.out, cfg.grid_seed)
+        examples = examples_image(pipe, base_pipe, robustness, cfg.steps, cfg.guidance) if robustness else None
+        write_report(results.to_json(), answer, domain, cfg.out, cfg.grid_seed, examples)
     return results

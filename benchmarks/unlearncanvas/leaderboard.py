@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 from benchmarks.unlearncanvas.metrics import summarize
 from benchmarks.unlearncanvas.report import RESULTS_JSON
 
-COLUMNS = ("St. UA", "St. IRA", "St. CRA", "Obj. UA", "Obj. IRA", "Obj. CRA", "FID", "Time (s)", "Mem (GB)",
-           "Stor. (GB)")
+COLUMNS = ("St. UA", "St. IRA", "St. CRA", "Obj. UA", "Obj. IRA", "Obj. CRA", "FID", "St. ASR", "Obj. ASR",
+           "Time (s)", "Mem (GB)", "Stor. (GB)")
 
 
 # What the table reads of each results.json: top-level keys, keys inside them, keys of every target row.
@@ -81,7 +81,17 @@ def load_results(paths: Sequence[str | Path]) -> list[dict]:
     fids = {r["fid"]["features"] for r in out if r.get("fid")}
     if len(fids) > 1:
         raise MergeError(f"FID feature spaces differ, the numbers are not comparable: {' | '.join(sorted(fids))}")
+    attacks = {attack_key(r) for r in out if r.get("robustness")}
+    if len(attacks) > 1:
+        raise MergeError("results were attacked with different attacks or budgets, their ASR is not comparable: "
+                         + " | ".join(sorted(attacks)))
     return out
+
+
+def attack_key(result: dict) -> str:
+    """What makes two ASR figures comparable: the attack (discrete or soft) and every setting of its config."""
+    rob = result["robustness"]
+    return f"{rob['attack']} " + json.dumps(rob["config"], sort_keys=True)
 
 
 def leaderboard_rows(results: Sequence[dict]) -> list[dict]:
@@ -102,6 +112,9 @@ def leaderboard_rows(results: Sequence[dict]) -> list[dict]:
                 row[f"{prefix} {k}"] = 100 * summary[kind][k] if kind in summary else None
             row[f"{prefix} targets"] = summary.get(kind, {}).get("targets", 0)
         row["FID"] = summary.get("fid")
+        for kind, prefix in (("style", "St."), ("object", "Obj.")):
+            asr = [t["ASR"] for r in group for t in r["targets"] if t["kind"] == kind and t.get("ASR") is not None]
+            row[f"{prefix} ASR"] = 100 * float(np.mean(asr)) if asr else None
         row["Time (s)"], row["Mem (GB)"], row["Stor. (GB)"] = mean("time_s"), mean("memory_gb"), mean("storage_gb")
         rows.append(row)
     return rows
@@ -120,15 +133,19 @@ def leaderboard_markdown(rows: Sequence[dict], results: Sequence[dict]) -> str:
         lines.append(f"| {row['method']} | " + " | ".join(cell(row[c], c) for c in COLUMNS)
                      + f" | {row['St. targets']}/{row['Obj. targets']} |")
     fid = r0["fid"]["features"] if r0.get("fid") else "not measured"
+    attacked = next((r for r in results if r.get("robustness")), None)
+    asr = "not measured" if attacked is None else (
+        f"{attack_key(attacked)}, judged by {attacked['robustness']['judge']}, pre-attack successes included "
+        "(blank = not attacked)")
     lines += ["", f"Domain {r0['domain']}; UA/IRA/CRA in % by {r0['classifier']['name']} over "
-              f"{r0['answer_set']['grid']} per model; FID: {fid}; efficiency from each artifact's erase.json "
-              f"(blank = no artifact). Sources: {', '.join(r['_path'] for r in results)}."]
+              f"{r0['answer_set']['grid']} per model; FID: {fid}; ASR (%, lower is more robust): {asr}; efficiency "
+              f"from each artifact's erase.json (blank = no artifact). Sources: {', '.join(r['_path'] for r in results)}."]
     return "\n".join(lines) + "\n"
 
 
 def leaderboard_plot(rows: Sequence[dict], width: int = 900) -> Image.Image:
-    """Grouped bars of the six accuracy columns (0-100 %), one colour per method."""
-    cols = COLUMNS[:6]
+    """Grouped bars of the six accuracy columns and, when measured, the ASR columns (0-100 %), one colour per method."""
+    cols = COLUMNS[:6] + tuple(c for c in ("St. ASR", "Obj. ASR") if any(row[c] is not None for row in rows))
     palette = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
     font = ImageFont.load_default()
@@ -136,7 +153,8 @@ def leaderboard_plot(rows: Sequence[dict], width: int = 900) -> Image.Image:
     legend_h = 16 * len(rows) + 10
     img = Image.new("RGB", (width, top + plot_h + bottom + legend_h), "white")
     d = ImageDraw.Draw(img)
-    d.text((left, 8), "UnlearnCanvas accuracies (%) per method; higher is better", fill="black", font=font)
+    d.text((left, 8), "UnlearnCanvas accuracies (%, higher is better)" + (", ASR (%, lower is more robust)" if len(cols) > 6
+           else "") + " per method", fill="black", font=font)
     group_w = (width - left - 10) / len(cols)
     bar_w = min(40, max(2, int((group_w - 16) / max(1, len(rows)))))
     for tick in range(0, 101, 25):

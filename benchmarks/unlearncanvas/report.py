@@ -94,6 +94,8 @@ def results_markdown(results: dict) -> str:
             lines.append(f"| **mean of {s['targets']} {kind} targets** | {kind} | {_pct(s['UA'])} | {_pct(s['IRA'])} | "
                          f"{_pct(s['CRA'])} | {_pct(s.get('clip_removal_accuracy'))} | "
                          f"{_num(s.get('clip_score_retained'))} | | |")
+    if results.get("robustness"):
+        lines += robustness_markdown(results["robustness"])
     acc = results["accuracy"]
     lines += ["", "## Per-concept classifier accuracy (%)", "", "| theme | Acc_S |", "|---|---|"]
     lines += [f"| {t} | {_pct(v)} |" for t, v in acc["style"].items()]
@@ -102,8 +104,29 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def robustness_markdown(rob: dict) -> list[str]:
+    """The attack section of results.md: settings, ASR per target, the adversarial tokens of each success."""
+    c = rob["config"]
+    lines = ["", f"## Robustness: {rob['attack']} (ASR %, pre-attack successes included; lower is more robust)", "",
+             f"- {c['tokens']} tokens ({c['insertion']}), {c['timesteps']} timesteps x {c['steps_per_timestep']} Adam "
+             f"steps (lr {c['lr']}, weight decay {c['weight_decay']}), judged by {rob['judge']} on images of "
+             f"{c['judge_steps']} steps, guidance {c['judge_guidance']}; {rob['seconds']:.0f} s", "",
+             "| target | kind | prompts | pre-ASR | ASR | seconds |", "|---|---|---|---|---|---|"]
+    for r in rob["targets"]:
+        lines.append(f"| {r['target']} | {r['kind']} | {r['prompts']} | {_pct(r['pre_asr'])} | {_pct(r['asr'])} | "
+                     f"{r['seconds']:.0f} |")
+    for r in rob["targets"]:
+        won = [o for o in r["per_prompt"] if o["success_after"] and not o["success_before"]]
+        if won:
+            lines += ["", f"Attack successes on {r['target']} (token ids, their text):", ""]
+            lines += [f"- {o['prompt']} (seed {o['seed']}): {o['token_ids']} {o['tokens_text']!r} after {o['steps']} "
+                      f"steps" for o in won]
+    return lines
+
+
 # --------------------------------------------------------------------------- files of one evaluation
 RESULTS_JSON, RESULTS_MD, GRID_PNG = "results.json", "results.md", "answer_set_grid.png"
+EXAMPLES_PNG = "attack_examples.png"
 
 
 def grid_image(answer: AnswerSet, domain: Domain, seed: int, targets: Sequence[str], title: str,
@@ -126,8 +149,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_report(results: dict, answer: AnswerSet, domain: Domain, out: str | Path, grid_seed: int) -> None:
-    """results.json, results.md and the answer-set grid PNG in ``out``, each written atomically."""
+def write_report(results: dict, answer: AnswerSet, domain: Domain, out: str | Path, grid_seed: int,
+                 examples: Image.Image | None = None) -> None:
+    """results.json, results.md, the answer-set grid PNG and the attack's ``examples`` in ``out``, each atomically."""
     out = Path(out)
     targets = [t["target"] for t in results["targets"]]
     shown = targets if len(targets) <= 2 else []
@@ -135,12 +159,22 @@ def write_report(results: dict, answer: AnswerSet, domain: Domain, out: str | Pa
              + (f"; red = target {', '.join(shown)}" if shown else ""))
     grid = grid_image(answer, domain, grid_seed, shown, title)
     out.mkdir(parents=True, exist_ok=True)
-    png = tempfile.NamedTemporaryFile(dir=out, prefix=".grid", suffix=".png", delete=False)
-    png.close()
-    grid.save(png.name)
+    if examples is not None:
+        _save_png_atomic(examples, out / EXAMPLES_PNG)
     _write_atomic(out / RESULTS_JSON, json.dumps(results, indent=1).encode())
     _write_atomic(out / RESULTS_MD, results_markdown(results).encode())
-    os.replace(png.name, out / GRID_PNG)
+    _save_png_atomic(grid, out / GRID_PNG)
+
+
+def _save_png_atomic(image: Image.Image, path: Path) -> None:
+    """Write a PNG through a temporary file in the same folder, with the permissions a plain write would get."""
+    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}", suffix=".png", delete=False)
+    tmp.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)  # mkstemp makes it 0600
+    image.save(tmp.name, format="PNG")
+    os.replace(tmp.name, path)
 
 
 def summary_text(results: dict, out: str | Path | None = None) -> str:
@@ -156,6 +190,11 @@ def summary_text(results: dict, out: str | Path | None = None) -> str:
                      f"CRA {s['CRA']:.1%}{extra}")
     if results.get("fid"):
         lines.append(f"  {results['fid']['features']}: mean over targets {results['summary']['fid']:.4f}")
+    rob = results.get("robustness")
+    if rob:
+        for kind, s in rob["summary"].items():
+            lines.append(f"  {rob['attack']} ({rob['tokens']} tokens, {rob['insertion']}), {kind} targets "
+                         f"({s['targets']}): pre-ASR {s['pre_asr']:.1%}  ASR {s['asr']:.1%}")
     wrote = f"; wrote {Path(out) / RESULTS_JSON}, {Path(out) / RESULTS_MD}, {Path(out) / GRID_PNG}" if out else ""
     lines.append(f"  {results['seconds']['total']:.0f} s on {results['hardware']}{wrote}")
     return "\n".join(lines)

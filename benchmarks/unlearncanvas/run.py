@@ -27,6 +27,7 @@ from benchmarks.unlearncanvas.judges import load_judges
 from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
 from benchmarks.unlearncanvas.report import summary_text
 from erase.artifacts import read_record
+from erase.attacks.unlearndiffatk import INSERTIONS, KINDS
 from erase.concepts import DOMAINS
 from pipelines.threads import MAX_THREADS, SMALL_MODEL, check_threads, restore_threads, use_threads
 
@@ -80,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--inception-weights", default=None, help="torchmetrics FID Inception weights file; without it "
                    "the Frechet distance is taken on CLIP image features and named so")
     g.add_argument("--no-fid", action="store_true")
+    g = p.add_argument_group("robustness (README 'Robustness to adversarial prompts')")
+    g.add_argument("--attack", choices=KINDS, default=None,
+                   help="attack every target: unlearndiffatk (discrete tokens) or soft (free embeddings, an upper "
+                        "bound); needs --target or an --artifact")
+    g.add_argument("--attack-tokens", type=int, default=None, help="adversarial tokens k (default 3)")
+    g.add_argument("--attack-insertion", choices=INSERTIONS, default=None,
+                   help="where the tokens go (default: prefix on unlearncanvas, concept on minicanvas)")
+    g.add_argument("--attack-timesteps", type=int, default=None,
+                   help="timesteps of the schedule, a judged block each (default 50 unlearncanvas, 10 minicanvas)")
+    g.add_argument("--attack-steps", type=int, default=None,
+                   help="Adam steps per timestep (default 40 unlearncanvas, 30 minicanvas)")
+    g.add_argument("--attack-prompts", type=int, default=None,
+                   help="attack the first N of each target's prompts (seed-major, then label order; default all)")
     g.add_argument("--grid-seed", type=int, default=None, help="seed shown in the PNG grid (default: the first)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (model loading included)")
     return p
@@ -95,7 +109,9 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         classifier_arch=args.classifier_arch, use_clip=not args.no_clip, clip_dir=args.clip,
         clip_model=args.clip_model, clip_pretrained=args.clip_pretrained, use_fid=not args.no_fid,
         dataset=args.dataset, inception_weights=args.inception_weights, device=args.device,
-        progress=not args.no_progress)
+        progress=not args.no_progress, attack=args.attack, attack_tokens=args.attack_tokens,
+        attack_insertion=args.attack_insertion, attack_timesteps=args.attack_timesteps,
+        attack_steps=args.attack_steps, attack_prompts=args.attack_prompts)
 
 
 def run(config: EvalConfig, model: str | None = None, artifact: str | None = None, score_only: bool = False,

@@ -1,16 +1,17 @@
 """Adversarial tokens in a prompt: slots at BPE-token level, embeddings substituted inside the text encoder.
 
 An attack never re-tokenises text (decode -> encode is not the identity for BPE): it builds the id
-sequence ``[SOT, slot_1 .. slot_k, prompt tokens, EOT, pad ...]`` once, and either writes token ids
-into the slots (discrete) or replaces the slots' token embeddings by free vectors (soft, or the
-straight-through one-hot mix of the discrete attack) with a forward hook on the embedding layer,
-so the text encoder itself (positions, causal mask, final norm) runs unchanged.
+sequence ``[SOT, <prompt tokens before the offset>, slot_1 .. slot_k, <the rest>, EOT, pad ...]`` once
+(offset 0: the reference's prefix), and either writes token ids into the slots (discrete) or replaces
+the slots' token embeddings by free vectors (soft, or the straight-through one-hot mix of the discrete
+attack) with a forward hook on the embedding layer, so the text encoder itself (positions, causal
+mask, final norm) runs unchanged.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -32,38 +33,44 @@ def check_vocabulary(tokenizer, text_encoder) -> int:
     return size
 
 
-def slotted_ids(tokenizer, prompts: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (N, L), slot positions (k,)): k placeholder slots right after SOT, the prompt's tokens after them.
+def slotted_ids(tokenizer, prompts: list[str], k: int, at: Sequence[int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (N, L), slot positions (N, k)): k placeholder slots inserted into each prompt's tokens.
 
-    Prompts too long for ``L - k`` tokens are truncated before EOT, as the tokenizer truncates.
+    ``at[i]`` is the character offset in ``prompts[i]`` where the slots go (None: all 0, right after
+    SOT, the reference's prefix insertion). The text before and after the offset is tokenised apart,
+    so an offset on a word boundary gives the prompt's own tokens around the slots. Prompts too long
+    for ``L - k`` tokens are truncated before EOT, as the tokenizer truncates.
     """
     length = tokenizer.model_max_length
     if not 1 <= k <= length - 2:
         raise ValueError(f"the number of adversarial tokens must be between 1 and {length - 2}, got {k}")
+    at = [0] * len(prompts) if at is None else list(at)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    rows = []
-    for prompt in prompts:
-        body = tokenizer(prompt, add_special_tokens=False).input_ids[:length - 2 - k]
-        row = [bos] + [eos] * k + body + [eos]
+    rows, slots = [], []
+    for prompt, offset in zip(prompts, at, strict=True):
+        head = tokenizer(prompt[:offset], add_special_tokens=False).input_ids if offset else []
+        tail = tokenizer(prompt[offset:], add_special_tokens=False).input_ids
+        head = head[:length - 2 - k]
+        tail = tail[:length - 2 - k - len(head)]
+        row = [bos] + head + [eos] * k + tail + [eos]
         rows.append(row + [pad] * (length - len(row)))
-    return torch.tensor(rows, dtype=torch.long), torch.arange(1, k + 1)
+        slots.append(list(range(1 + len(head), 1 + len(head) + k)))
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(slots, dtype=torch.long)
 
 
 def with_tokens(ids: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``ids`` with ``tokens`` (N, k) written into the slots."""
-    out = ids.clone()
-    out[:, slots] = tokens.to(out)
-    return out
+    """``ids`` with ``tokens`` (N, k) written into each row's slots (N, k)."""
+    return ids.scatter(1, slots.to(ids.device), tokens.to(ids))
 
 
 @contextmanager
 def substituted_embeddings(text_encoder: nn.Module, slots: torch.Tensor, vectors: torch.Tensor) -> Iterator[None]:
-    """Inside the block, the token embeddings at ``slots`` are ``vectors`` (N, k, D), differentiably."""
+    """Inside the block, the token embeddings at each row's ``slots`` (N, k) are ``vectors`` (N, k, D), differentiably."""
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        out = output.clone()
-        out[:, slots] = vectors.to(out.dtype)
-        return out
+        index = slots.to(output.device)[..., None].expand(-1, -1, output.shape[-1])
+        return output.scatter(1, index, vectors.to(output.dtype))
 
     handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
     try:
@@ -82,26 +89,41 @@ def encode(text_encoder: nn.Module, ids: torch.Tensor, slots: torch.Tensor | Non
         return text_encoder(ids)[0]
 
 
-def project_to_simplex(p: torch.Tensor, top: int = 1024) -> torch.Tensor:
-    """Euclidean projection of each row of ``p`` onto the probability simplex (Duchi et al. 2008, exact).
+def encode_with_tokens(tokenizer, text_encoder: nn.Module, prompts: list[str], tokens: torch.Tensor,
+                       at: Sequence[int] | None = None) -> torch.Tensor:
+    """The text encoder's states of ``prompts`` with token ids ``tokens`` (N, k) inserted at offsets ``at``:
+    how an attack's stored result is replayed (ids, never re-tokenised text)."""
+    ids, slots = slotted_ids(tokenizer, prompts, tokens.shape[-1], at)
+    with torch.no_grad():
+        return encode(text_encoder, with_tokens(ids, slots, tokens))
 
-    The threshold depends only on the largest entries, so it is first computed from the ``top``
-    largest ones and checked: exact whenever the projection keeps fewer than ``top`` entries, which
-    after the first steps of an attack is every row; otherwise the whole row is sorted.
+
+def project_to_simplex(p: torch.Tensor, max_rounds: int = 64) -> torch.Tensor:
+    """Euclidean projection of each row of ``p`` onto the probability simplex: ``max(p - theta, 0)`` summing to 1.
+
+    Michelot's fixed point (1986), exact: start from theta = (sum - 1) / n over all entries, keep the
+    entries above theta, recompute theta over them, until the kept set stops changing (theta only
+    grows, so this ends; rarely more than ten rounds). Each round is one pass over the row, with no sort
+    of the 49,408-entry vocabulary; a row still moving after ``max_rounds`` is solved by sorting
+    (Duchi et al. 2008).
     """
     rows = p.reshape(-1, p.shape[-1])
-    k = min(top, rows.shape[-1])
-    largest = torch.topk(rows, k, dim=-1).values
-    theta = _threshold(largest)
-    if k < rows.shape[-1]:
-        unsure = largest[:, -1] > theta  # the k-th entry survives: the support may extend beyond it
-        if unsure.any():
-            theta[unsure] = _threshold(torch.sort(rows[unsure], dim=-1, descending=True).values)
+    theta = (rows.sum(-1) - 1) / rows.shape[-1]
+    kept = torch.full((rows.shape[0],), rows.shape[-1], device=rows.device)
+    for _ in range(max_rounds):
+        above = rows > theta[:, None]
+        count = above.sum(-1)
+        new_theta = ((rows * above).sum(-1) - 1) / count.clamp(min=1)
+        if torch.equal(count, kept):
+            break
+        theta, kept = new_theta, count
+    else:
+        theta = _threshold(torch.sort(rows, dim=-1, descending=True).values)
     return (rows - theta[:, None]).clamp(min=0).view_as(p)
 
 
 def _threshold(sorted_rows: torch.Tensor) -> torch.Tensor:
-    """theta of the projection from each row's entries sorted in descending order."""
+    """theta of the projection from each row's entries sorted in descending order (Duchi et al.)."""
     cumulative = sorted_rows.cumsum(-1) - 1
     index = torch.arange(1, sorted_rows.shape[-1] + 1, device=sorted_rows.device, dtype=sorted_rows.dtype)
     support = (sorted_rows - cumulative / index) > 0

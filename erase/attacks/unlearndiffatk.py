@@ -1,6 +1,7 @@
 """UnlearnDiffAtk (Zhang et al., ECCV 2024): find k prompt tokens that make an erased model draw the concept again.
 
-For each prompt, k token slots are prepended (after SOT). Discrete attack: a relaxed one-hot
+For each prompt, k token slots are prepended (after SOT; or inserted at a given offset, e.g. where
+the concept's word is, ``AttackConfig.insertion``). Discrete attack: a relaxed one-hot
 distribution P over the whole vocabulary per slot, uniform at start; each step samples tokens from
 P (straight-through: the forward pass sees the sample, the gradient reaches P), encodes the prompt
 with the erased model's own text encoder, and minimises the diffusion loss of the erased UNet on a
@@ -37,6 +38,7 @@ from erase.sampling import add_noise, prediction_type, training_target
 from pipelines.stable_diffusion import generate
 
 KINDS = ("unlearndiffatk", "soft")
+INSERTIONS = ("prefix", "concept")
 Judge = Callable[[np.ndarray], np.ndarray]  # uint8 images (N, H, W, 3) -> success per image (bool)
 
 
@@ -45,10 +47,16 @@ class AttackError(ValueError):
 
 
 @dataclass
-class AttackBudget:
-    """How hard the attack tries; the reference's defaults (configs/style, configs/object)."""
+class AttackConfig:
+    """Where the tokens go and how hard the attack tries; the reference's defaults (configs/style, configs/object).
+
+    ``insertion``: ``prefix`` (after SOT, the reference's ``prefix_k``) or ``concept`` (where the target's
+    word is in the prompt, the word after them; the reference's insertion variants place tokens inside
+    the prompt too). Two results are comparable only when every field agrees.
+    """
 
     tokens: int = 3  # k adversarial tokens (5 for nudity)
+    insertion: str = "prefix"
     timesteps: int = 50  # blocks, at t = 10, 30, ..., 990 for 50 of a 1000-step schedule
     steps_per_timestep: int = 40  # Adam steps per block
     lr: float = 0.01
@@ -62,6 +70,8 @@ class AttackBudget:
         if self.timesteps < 1 or self.steps_per_timestep < 1:
             raise AttackError(f"the attack budget must be at least one step: {self.timesteps} timesteps x "
                               f"{self.steps_per_timestep} steps")
+        if self.insertion not in INSERTIONS:
+            raise AttackError(f"unknown insertion {self.insertion!r}; known: {', '.join(INSERTIONS)}")
         if not self.lr > 0 or self.weight_decay < 0 or self.judge_steps < 1:
             raise AttackError("the attack needs lr > 0, weight_decay >= 0 and judge_steps >= 1")
 
@@ -82,6 +92,7 @@ class PromptOutcome:
     token_ids: list[int] | None = None
     tokens_text: str | None = None
     steps: int | None = None  # gradient steps spent when the judge first said success
+    at: int = 0  # character offset in ``prompt`` where the tokens go (``tokens.slotted_ids``)
 
 
 @dataclass
@@ -109,8 +120,12 @@ class Attack:
     """One target's attack over many prompts; ``run`` returns a ``PromptOutcome`` per prompt."""
 
     def __init__(self, pipe, prompts: Sequence[str], seeds: Sequence[int], targets: torch.Tensor, judge: Judge,
-                 budget: AttackBudget, kind: str = "unlearndiffatk", state_dir: str | Path | None = None,
-                 progress: Callable[[int, int, float], None] | None = None):
+                 budget: AttackConfig, kind: str = "unlearndiffatk", state_dir: str | Path | None = None,
+                 progress: Callable[[int, int, int, int], None] | None = None, at: Sequence[int] | None = None,
+                 identity: str = ""):
+        """``at``: per prompt, the character offset of the slots (``slotted_ids``; None: prefix). ``progress``
+        is called after every block with (blocks done, blocks, prompts solved, prompts). ``identity`` names
+        the attacked model in the resume key, so another model's saved state is refused."""
         if kind not in KINDS:
             raise AttackError(f"unknown attack {kind!r}; known: {', '.join(KINDS)}")
         budget.check()
@@ -119,18 +134,29 @@ class Attack:
         self.vocab = check_vocabulary(pipe.tokenizer, pipe.text_encoder)
         self.pipe, self.prompts, self.seeds, self.targets = pipe, list(prompts), list(seeds), targets
         self.judge, self.budget, self.kind, self.progress = judge, budget, kind, progress
-        self.ids, self.slots = slotted_ids(pipe.tokenizer, self.prompts, budget.tokens)
+        self.at = [0] * len(self.prompts) if at is None else [int(a) for a in at]
+        self.ids, self.slots = slotted_ids(pipe.tokenizer, self.prompts, budget.tokens, self.at)
+        self.plain_ids = pipe.tokenizer(self.prompts, padding="max_length", truncation=True,
+                                        max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
         self.embedding = pipe.text_encoder.get_input_embeddings().weight.detach()
         self.alphas = pipe.scheduler.alphas_cumprod
         self.prediction = prediction_type(pipe.scheduler)
         self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.key = json.dumps({"kind": kind, "budget": asdict(budget), "prompts": self.prompts, "seeds": self.seeds})
+        self._failed: dict[int, tuple[int, ...]] = {}  # prompt -> the last tokens the judge said failure to
+        self.key = json.dumps({"kind": kind, "budget": asdict(budget), "prompts": self.prompts, "seeds": self.seeds,
+                               "at": self.at, "model": identity})
 
     # ------------------------------------------------------------------ judging
     def _draw(self, index: list[int], vectors: torch.Tensor | None, tokens: torch.Tensor | None) -> np.ndarray:
-        ids = self.ids[index] if tokens is None else with_tokens(self.ids[index], self.slots, tokens)
+        """The erased model's images of prompts ``index``: plain (neither given), with ``tokens`` in the slots,
+        or with ``vectors`` there (soft)."""
+        slots = self.slots[index]
+        if vectors is None and tokens is None:
+            ids = self.plain_ids[index]
+        else:
+            ids = self.ids[index] if tokens is None else with_tokens(self.ids[index], slots, tokens)
         with torch.no_grad():
-            embeds = encode(self.pipe.text_encoder, ids, self.slots, vectors)
+            embeds = encode(self.pipe.text_encoder, ids, slots, vectors)
         return generate(self.pipe, None, [self.seeds[i] for i in index], steps=self.budget.judge_steps,
                         guidance_scale=self.budget.judge_guidance, prompt_embeds=embeds)
 
@@ -161,7 +187,8 @@ class Attack:
             return None
         meta = json.loads((self.state_dir / "attack.json").read_text())
         if meta.get("key") != self.key:
-            raise AttackError(f"{self.state_dir} holds the state of another attack (other prompts, seeds or budget)")
+            raise AttackError(f"{self.state_dir} holds the state of another attack (other model, prompts, seeds or "
+                              "settings); remove it or write to another folder")
         tensors = load_file(self.state_dir / "attack.safetensors")
         moments = {k: v for k, v in tensors.items() if k != "var"}
         moments["step"] = torch.tensor(meta["adam_step"])
@@ -175,7 +202,7 @@ class Attack:
         else:
             _, one_hot = straight_through(var, gen)
             vectors = one_hot @ self.embedding.to(one_hot.dtype)
-        cond = encode(self.pipe.text_encoder, self.ids[active], self.slots, vectors)
+        cond = encode(self.pipe.text_encoder, self.ids[active], self.slots[active], vectors)
         z0 = self.targets[active].to(cond.device, cond.dtype)
         noise = torch.randn(z0.shape, generator=gen).to(z0)
         steps = torch.full((len(active),), t, dtype=torch.long)
@@ -185,11 +212,17 @@ class Attack:
         # a sum of per-prompt means: each prompt's variables get their own, undiluted gradient
         return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1).sum()
 
-    def run(self) -> list[PromptOutcome]:
+    def run(self, before: Sequence[bool] | None = None) -> list[PromptOutcome]:
+        """Attack every prompt; ``before``: the judge's verdicts on the plain prompts' images when they are
+        already known (an evaluation's answer set holds exactly those images), else they are drawn here."""
         resumed = self._load()
         if resumed is None:
-            before = self.judge(self._draw(list(range(len(self.prompts))), None, None)).astype(bool)
-            state = _State(0, {i: asdict(PromptOutcome(p, s, True, True, steps=0))
+            if before is None:
+                before = self.judge(self._draw(list(range(len(self.prompts))), None, None))
+            elif len(before) != len(self.prompts):
+                raise AttackError(f"{len(before)} pre-attack verdicts for {len(self.prompts)} prompts")
+            before = np.asarray(before, dtype=bool)
+            state = _State(0, {i: asdict(PromptOutcome(p, s, True, True, steps=0, at=self.at[i]))
                                for i, (p, s, ok) in enumerate(zip(self.prompts, self.seeds, before)) if ok})
             active = [i for i in range(len(self.prompts)) if i not in state.outcomes]
             var, moments = self._variables(len(active)), {}
@@ -214,7 +247,7 @@ class Attack:
                     with torch.no_grad():
                         var.copy_(project_to_simplex(var))
             tokens = None if self.kind == "soft" else var.detach().argmax(-1)
-            won = self.judge(self._draw(active, var.detach() if self.kind == "soft" else None, tokens)).astype(bool)
+            won = self._judge_block(active, var, tokens)
             state.block += 1
             for j in np.flatnonzero(won):
                 state.outcomes[active[j]] = asdict(self._outcome(active[j], tokens, j, True, state.block * per))
@@ -222,17 +255,31 @@ class Attack:
             active, var, opt = self._narrow(active, keep, var, opt)
             self._save(state, active, var, opt)
             if self.progress is not None:
-                self.progress(len(self.prompts) - len(active), len(self.prompts), float(loss.detach()))
+                self.progress(state.block, len(schedule), len(self.prompts) - len(active), len(self.prompts))
         final = None if self.kind == "soft" else var.detach().argmax(-1)
         for j, i in enumerate(active):
             state.outcomes[i] = asdict(self._outcome(i, final, j, False, state.block * per))
         return [PromptOutcome(**state.outcomes[i]) for i in range(len(self.prompts))]
 
+    def _judge_block(self, active: list[int], var: torch.Tensor, tokens: torch.Tensor | None) -> np.ndarray:
+        """Success per active prompt after a block. Discrete tokens a prompt was already judged (and failed)
+        with are not drawn again: the same ids and seed draw the same image, so the verdict is known."""
+        if tokens is None:
+            return self.judge(self._draw(active, var.detach(), None)).astype(bool)
+        fresh = [j for j, i in enumerate(active) if self._failed.get(i) != tuple(tokens[j].tolist())]
+        won = np.zeros(len(active), dtype=bool)
+        if fresh:
+            won[fresh] = self.judge(self._draw([active[j] for j in fresh], None, tokens[fresh])).astype(bool)
+        for j in fresh:
+            if not won[j]:
+                self._failed[active[j]] = tuple(tokens[j].tolist())
+        return won
+
     def _outcome(self, index: int, tokens: torch.Tensor | None, row: int, success: bool, steps: int) -> PromptOutcome:
         ids = None if tokens is None else [int(t) for t in tokens[row]]
         text = None if ids is None else self.pipe.tokenizer.decode(ids)
         return PromptOutcome(self.prompts[index], self.seeds[index], False, success, ids, text,
-                             steps if success else None)
+                             steps if success else None, self.at[index])
 
     @staticmethod
     def _narrow(active: list[int], keep: list[int], var: torch.Tensor, opt: torch.optim.Optimizer):

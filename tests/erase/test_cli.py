@@ -41,6 +41,7 @@ def test_help_lists_methods_and_options_with_defaults(capsys):
     (["--method", "feature-unlearning", "--model", "digits-vae", "--concept", "7", "--classifier", "digits",
       "batch_size=0"], "option batch_size must be at least 1"),
     (["--method", "esd", "--concept", "Candy", "--threads", "-1"], "--threads must be between 0"),
+    (["--method", "esd", "--concept", "Candy", "--device", "cuda:1"], "pick a GPU with CUDA_VISIBLE_DEVICES"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, message, tiny_sd_dir, tmp_path, capsys,
                                                          monkeypatch):

@@ -211,7 +211,7 @@ class InceptionFeatures:
 
             metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
         except ModuleNotFoundError as err:
-            raise FIDError("the Inception FID needs torch-fidelity (pip install torch-fidelity); "
+            raise FIDError("the Inception FID needs torch-fidelity (pip install 'erase[inception]' or torch-fidelity); "
                            "or leave out --inception-weights to use the CLIP Frechet distance") from err
         except Exception as err:  # a wrong file: torch / torch-fidelity raise several types
             raise FIDError(f"cannot load Inception weights {weights}: {str(err).splitlines()[0]}") from err

@@ -17,7 +17,7 @@ from erase.concepts import MINICANVAS, UNLEARNCANVAS
 from tests.benchmarks.unlearncanvas.scorers.test_clip import register_tiny_open_clip
 
 KEYS = ["schema", "label", "domain", "model", "targets", "summary", "answer_set", "classifier", "accuracy", "clip",
-        "fid", "efficiency", "hardware", "torch", "seconds"]  # results.json of the committed results, in order
+        "fid", "robustness", "efficiency", "hardware", "torch", "seconds"]  # results.json keys, in order
 ROW_KEYS = ["target", "kind", "UA", "IRA", "CRA", "forget_images", "retain_images", "clip_removal_accuracy",
             "clip_score_retained", "clip_score_forget", "fid", "fid_generated", "fid_reference"]
 

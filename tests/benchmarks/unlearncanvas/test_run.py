@@ -1,10 +1,12 @@
 """unlearncanvas-eval, the command line: options -> EvalConfig, one line and exit 2 on bad input, artifacts."""
 
 import json
+import shutil
 from importlib.metadata import entry_points
 
 import pytest
 import torch
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from benchmarks.unlearncanvas.config import EvalConfig
 from benchmarks.unlearncanvas.judges import load_classifier, load_judges
@@ -41,13 +43,16 @@ def test_every_option_reaches_the_config():
         "--photo-phrase", "Seed Images", "--label", "x", "--grid-seed", "2", "--classifier", "c",
         "--style-classifier", "s.pth", "--object-classifier", "o.pth", "--classifier-arch", "vit_tiny_patch16_224",
         "--clip", "cl", "--clip-model", "ViT-B-32", "--clip-pretrained", "w", "--no-clip", "--dataset", "d",
-        "--inception-weights", "i.pth", "--no-fid", "--device", "cpu", "--no-progress"])
+        "--inception-weights", "i.pth", "--no-fid", "--device", "cpu", "--no-progress", "--attack", "soft",
+        "--attack-tokens", "2", "--attack-insertion", "prefix", "--attack-timesteps", "4", "--attack-steps", "5",
+        "--attack-prompts", "6"])
     assert config_from_args(args) == EvalConfig(
         domain="unlearncanvas", targets=["Dogs", "Monet"], seeds=[1, 2], steps=3, guidance=2.5, size=64, batch_size=8,
         ext="png", photo_phrase="Seed Images", out="o", answer_dir="a", label="x", grid_seed=2, classifier="c",
         style_classifier="s.pth", object_classifier="o.pth", classifier_arch="vit_tiny_patch16_224", use_clip=False,
         clip_dir="cl", clip_model="ViT-B-32", clip_pretrained="w", use_fid=False, dataset="d",
-        inception_weights="i.pth", device="cpu", progress=False)
+        inception_weights="i.pth", device="cpu", progress=False, attack="soft", attack_tokens=2,
+        attack_insertion="prefix", attack_timesteps=4, attack_steps=5, attack_prompts=6)
     assert config_from_args(build_parser().parse_args(["--out", "o"])) == EvalConfig(out="o")  # same defaults
 
 
@@ -72,7 +77,9 @@ def test_judge_options_that_do_not_fit_together(fields, message):
 
 
 @pytest.mark.parametrize("case", ["classifier", "dataset", "empty", "artifact", "target", "score-only", "huge-seed",
-                                  "negative-seed", "size", "grid-seed", "no-format", "threads"])
+                                  "negative-seed", "size", "grid-seed", "no-format", "threads", "attack-no-target",
+                                  "attack-tokens", "attack-budget", "attack-options-alone", "attack-score-only",
+                                  "attack-vocabulary"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_dir, capsys, case):
     out = tmp_path / "out"
     base = ["--model", tiny_sd_dir, "--seeds", "188", "--steps", "1", "--out", out, *CPU]
@@ -107,8 +114,31 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_sd_dir, capsys, case):
         (tmp_path / "art").mkdir()
         (tmp_path / "art" / "erase.json").write_text(json.dumps(record))
         args, msg = base + ["--artifact", tmp_path / "art"], "component 'unet' lacks key 'format'"
-    else:
+    elif case == "threads":
         args, msg = base + ["--threads", "-1"], "--threads must be between 0"
+    elif case == "attack-no-target":  # the base model has no concept of its own
+        args, msg = base + ["--attack", "unlearndiffatk"], "--attack needs a target"
+    elif case == "attack-tokens":
+        args, msg = base + ["--target", "Candy", "--attack", "soft", "--attack-tokens", "0"], "at least 1 token"
+    elif case == "attack-budget":
+        args, msg = base + ["--target", "Candy", "--attack", "unlearndiffatk", "--attack-timesteps", "0"], \
+            "at least one step"
+    elif case == "attack-options-alone":
+        args, msg = base + ["--target", "Candy", "--attack-prompts", "5"], "--attack-* options need --attack"
+    elif case == "attack-score-only":
+        (tmp_path / "answers").mkdir()
+        args = ["--score-only", "--answer-set", tmp_path / "answers", "--no-clip", "--no-fid", "--out", out,
+                "--target", "Candy", "--attack", "unlearndiffatk", *CPU]
+        msg = "--attack needs the model"
+    else:  # a text encoder whose embedding table is smaller than the tokenizer: ids would index nothing
+        small = tmp_path / "small-vocab"
+        shutil.copytree(tiny_sd_dir, small)
+        config = CLIPTextConfig.from_pretrained(small / "text_encoder")
+        config.vocab_size = 1000
+        CLIPTextModel(config).save_pretrained(small / "text_encoder")
+        args = [a if a != tiny_sd_dir else small for a in base] + ["--target", "Candy", "--attack", "unlearndiffatk"]
+        msg = "the text encoder embeds only 1000"
+        capsys.readouterr()  # what building the folder printed
     inputs = {p.name for p in tmp_path.iterdir()}
     rc, stdout, err = run_cli(args, capsys)
     assert rc == 2

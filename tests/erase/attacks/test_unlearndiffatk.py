@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from erase.attacks.unlearndiffatk import Attack, AttackBudget, AttackError, target_latents
+from erase.attacks.unlearndiffatk import Attack, AttackConfig, AttackError, target_latents
 from pipelines.stable_diffusion import generate
 
 PROMPTS = ["A Fish image in Candy style.", "A Boat image in Fire style.", "A Star image in Pop style."]
 SEEDS = [1, 2, 3]
-SMALL = AttackBudget(tokens=2, timesteps=3, steps_per_timestep=2, judge_steps=2, judge_guidance=3.0)
+SMALL = AttackConfig(tokens=2, timesteps=3, steps_per_timestep=2, judge_steps=2, judge_guidance=3.0)
 
 
 class Script:
@@ -42,8 +42,8 @@ def test_killed_attack_resumes_with_the_same_outcome(tiny_pipe, targets, tmp_pat
     answers = ([False, False, False], [False, False, False], [True, False, False], [False, True])
     straight = Attack(tiny_pipe, PROMPTS, SEEDS, targets, Script(*answers), SMALL, state_dir=tmp_path / "a").run()
 
-    def die(done, total, loss):
-        if done == 0:
+    def die(block, blocks, solved, prompts):
+        if block == 1:
             raise KeyboardInterrupt  # killed after the first block was saved
 
     with pytest.raises(KeyboardInterrupt):
@@ -57,7 +57,7 @@ def test_killed_attack_resumes_with_the_same_outcome(tiny_pipe, targets, tmp_pat
 
 
 def test_the_discrete_attack_lowers_the_loss_and_soft_keeps_vectors(tiny_pipe, targets):
-    budget = AttackBudget(tokens=2, timesteps=1, steps_per_timestep=1, lr=0.05)
+    budget = AttackConfig(tokens=2, timesteps=1, steps_per_timestep=1, lr=0.05)
     attack = Attack(tiny_pipe, PROMPTS, SEEDS, targets, Script(), budget)
     probs = torch.full((3, 2, attack.vocab), 1.0 / attack.vocab, requires_grad=True)
     attack._loss([0, 1, 2], probs, 500, torch.Generator().manual_seed(0)).backward()
@@ -68,10 +68,10 @@ def test_the_discrete_attack_lowers_the_loss_and_soft_keeps_vectors(tiny_pipe, t
 
 
 @pytest.mark.parametrize("budget,kind,message", [
-    (AttackBudget(tokens=0), "unlearndiffatk", "at least 1 token"),
-    (AttackBudget(timesteps=0), "unlearndiffatk", "at least one step"),
-    (AttackBudget(steps_per_timestep=0), "unlearndiffatk", "at least one step"),
-    (AttackBudget(), "gcg", "unknown attack 'gcg'"),
+    (AttackConfig(tokens=0), "unlearndiffatk", "at least 1 token"),
+    (AttackConfig(timesteps=0), "unlearndiffatk", "at least one step"),
+    (AttackConfig(steps_per_timestep=0), "unlearndiffatk", "at least one step"),
+    (AttackConfig(), "gcg", "unknown attack 'gcg'"),
 ])
 def test_bad_settings_are_refused(tiny_pipe, targets, budget, kind, message):
     with pytest.raises(AttackError, match=message):

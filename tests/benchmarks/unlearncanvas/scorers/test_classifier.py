@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from benchmarks.unlearncanvas.scorers.classifier import UnlearnCanvasClassifier
+from benchmarks.unlearncanvas.scorers.classifier import UnlearnCanvasClassifier, preprocess
 from erase.concepts import UNLEARNCANVAS
 from pipelines.weights import CheckpointError
 
@@ -28,3 +30,15 @@ def test_unlearncanvas_classifier_reads_pth_with_weights_only(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot read"):
         UnlearnCanvasClassifier(tmp_path / "bad.pth", tmp_path / "style50.pth", arch="vit_tiny_patch16_224")
+
+
+def test_the_vit_input_is_the_official_pil_resize_within_one_grey_level():
+    """accuracy.py: PIL image -> transforms.Resize((224, 224)) (PIL's antialiased bilinear) -> ToTensor -> 0.5/0.5."""
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    photo = np.asarray(Image.fromarray(smooth).resize((512, 512), Image.BICUBIC))  # texture at several scales
+    photo = np.clip(photo.astype(int) + rng.integers(-40, 41, photo.shape), 0, 255).astype(np.uint8)
+    official = np.asarray(Image.fromarray(photo).resize((224, 224), Image.BILINEAR), dtype=np.float64)
+    ours = preprocess(torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255)
+    ours = ((ours[0].permute(1, 2, 0).double() * 0.5 + 0.5) * 255).numpy()
+    assert np.abs(ours - official).mean() < 0.5 and np.abs(ours - official).max() <= 1.5
