@@ -41,10 +41,14 @@ def test_compare_shows_the_base_and_the_erased_model_from_one_seed(tiny_pipe, ar
     want_erased = generate(erased_pipe, [PROMPT], [7], steps=3, guidance_scale=5.0)[0]
     scale = original.width // base_img.shape[1]
     assert original.width >= 256 and scale > 1
-    # same weights, same prompt, seed and batch of one: identical pixels, shown enlarged without smoothing
-    assert np.array_equal(np.asarray(original)[::scale, ::scale], base_img)
-    assert np.array_equal(np.asarray(erased)[::scale, ::scale], want_erased)
-    assert not np.array_equal(base_img, want_erased)
+    # same weights, prompt, seed and batch of one: the same pixels (within one grey level of rounding),
+    # shown enlarged without smoothing; the erasure changes the picture by more than that
+    def grey_levels(a, b):
+        return np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max()
+
+    assert grey_levels(np.asarray(original)[::scale, ::scale], base_img) <= 1
+    assert grey_levels(np.asarray(erased)[::scale, ::scale], want_erased) <= 1
+    assert grey_levels(base_img, want_erased) > 1
     assert "seed 7" in caption and "'Candy'" in caption
     assert module_sha256(tiny_pipe.unet) == base_hash  # the erased copy did not leak into the shared base
     assert playground.erased[label].text_encoder is tiny_pipe.text_encoder  # unchanged components are shared
