@@ -73,14 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "presets the figures use)")
     p.add_argument("--kinds", nargs="+", choices=("style", "object"), default=["style", "object"],
                    help="which targets to erase (default: both)")
-    p.add_argument("--style-target", default="Candy")
-    p.add_argument("--object-target", default="Fish")
+    p.add_argument("--style-target", nargs="+", default=["Candy"], help="one or more style targets")
+    p.add_argument("--object-target", nargs="+", default=["Fish"], help="one or more object targets")
     p.add_argument("--seed", type=int, default=0, help="erasure seed")
     p.add_argument("--eval-seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--eval-steps", type=int, default=SAMPLER_DEFAULTS["minicanvas"][0])
     p.add_argument("--eval-guidance", type=float, default=SAMPLER_DEFAULTS["minicanvas"][1])
     p.add_argument("--opt", action="append", default=[], help="method[.kind]:key=value, e.g. esd.style:lr=3e-4")
     p.add_argument("--work", default="outputs/erasure-minicanvas", help="artifacts and answer sets go here")
+    p.add_argument("--merge", action="store_true", help="keep the runs of --results-file for the (method, target) "
+                   "pairs this invocation does not run (e.g. a preset changed for one kind)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results-file", default=str(RESULTS_FILE))
@@ -88,20 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
-    targets = {kind: target for kind, target in (("style", args.style_target), ("object", args.object_target))
-               if kind in args.kinds}
+    targets = [(kind, target) for kind, names in (("style", args.style_target), ("object", args.object_target))
+               if kind in args.kinds for target in names]
     config = EvalConfig(seeds=args.eval_seeds, steps=args.eval_steps, guidance=args.eval_guidance,
                         device=args.device, progress=False)
     _, device = evaluation_device(args.device)
     runs = []
     with load_judges(config, device) as judges:  # one classifier, CLIP and reference set for every model
         base_pipe, base_info = load_model(args.model, device=device)
-        base = score_model(base_pipe, base_info, work / "eval-base", list(targets.values()), config, judges)
+        base = score_model(base_pipe, base_info, work / "eval-base", [t for _, t in targets], config, judges)
         base_rows = {r["target"]: _row(r) for r in base.targets}
         for r in base.targets:
             print(f"base   {r['kind']:6s} {r['target']:10s} UA {r['UA']:.1%}  IRA {r['IRA']:.1%}  CRA {r['CRA']:.1%}")
         for method in args.methods:
-            for kind, target in targets.items():
+            for kind, target in targets:
                 options = _options(args.opt, method, kind)
                 t0 = time.perf_counter()
                 out, record = erase_concept(method, target, kind, model=args.model,
@@ -116,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "passes": ok, "erase_wall_seconds": round(wall, 1), "cost": record.cost,
                              "config": record.config, "preset": record.preset, "cli_options": options,
                              "run_info": record.run,
-                             "artifact": os.path.relpath(out), "eval_seconds": res.seconds["total"],
+                             "artifact": os.path.relpath(out), "artifact_sha256_16": folder_hash(out),
+                             "eval_seconds": res.seconds["total"],
                              "per_theme_accuracy": res.accuracy["style"],
                              "per_object_accuracy": res.accuracy["object"]})
                 print(f"{method:6s} {kind:6s} {target:10s} UA {scores['UA']:.1%}  IRA {scores['IRA']:.1%}  "
@@ -137,6 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "sampler": "DDIM eta 0", "steps": args.eval_steps, "guidance_scale": args.eval_guidance,
                         "hardware": hardware(), "torch": torch.__version__},
     }
+    if args.merge and Path(args.results_file).is_file():
+        old = json.loads(Path(args.results_file).read_text())
+        ran = {(r["method"], r["target"]) for r in runs}
+        kept = [r for r in old["runs"] if (r["method"], r["target"]) not in ran]
+        for r in kept:
+            r.setdefault("from_earlier_run", True)
+        result["runs"] = kept + runs
+        result["base_model"]["targets"] = {**old["base_model"]["targets"], **base_rows}
+        runs = result["runs"]
     Path(args.results_file).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results_file).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.results_file}")

@@ -9,8 +9,8 @@ classifier on DDIM 25 / CFG 5 images, target images drawn by the un-erased base 
    position: where can any token sequence bring the concept back at all?
 2. calibration: the same prompts attacked towards the target (discrete and soft); a high recovery
    rate is what makes a low ASR on an erased model mean robustness rather than a weak attack.
-3. erased models: pre-ASR and ASR of the base model, ESD and SalUn (``erase-concept`` defaults with the
-   embedded presets, seed 0) on style and object targets.
+3. erased models: pre-ASR and ASR of the base model, ESD, SalUn and AdvUnlearn (``erase-concept``
+   defaults with the embedded presets, seed 0) on style and object targets.
 
     python -m benchmarks.robustness_minicanvas --threads 2           # about an hour on 2 CPU cores
     python -m benchmarks.robustness_minicanvas --resume              # after a kill: finished rows are kept
@@ -87,7 +87,8 @@ def erased_model(method: str, target: str, work: Path) -> tuple[Any, dict[str, A
     if not (folder / "erase.json").is_file():
         erase_concept(method, target, output=folder, overwrite=True, progress=False)
     record = read_record(folder)
-    settings = {"method": method, "artifact": str(folder), "preset": record.preset, "steps": record.train["steps"],
+    settings = {"method": method, "artifact": str(folder), "artifact_sha256_16": folder_hash(folder),
+                "preset": record.preset, "steps": record.train["steps"],
                 "config": record.config, "seed": record.seed, "erase_seconds": record.cost["seconds"]}
     return load_erased_pipeline(folder, progress=False), settings
 
@@ -104,7 +105,9 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"| {o['target']} | {100 * o['prefix']:.0f} % / {100 * o['concept']:.0f} % | {chance} | "
                      + " | ".join(cells) + " |")
     lines += ["", "| model | target | prompts | pre-ASR | ASR discrete (s) | ASR soft (s) |", "|---|---|---|---|---|---|"]
-    for key in dict.fromkeys((r["model"], r["target"]) for r in report["erased"]):
+    keys = list(dict.fromkeys((r["model"], r["target"]) for r in report["erased"]))
+    targets = list(dict.fromkeys(target for _, target in keys))
+    for key in sorted(keys, key=lambda k: targets.index(k[1])):  # by target, models in the order they ran
         rows = {r["attack"]: r for r in report["erased"] if (r["model"], r["target"]) == key}
         first = next(iter(rows.values()))
         cells = [f"{100 * rows[k]['asr']:.0f} % ({rows[k]['seconds']:.0f})" if k in rows else ""
@@ -119,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calibration-targets", nargs="+", default=["Candy", "Fire", "Neon", "Fish", "Star"])
     parser.add_argument("--targets", nargs="+", default=["Candy", "Winter", "Fish", "Star"],
                         help="targets of the erased-model table (Winter and Star: used by no earlier benchmark)")
-    parser.add_argument("--methods", nargs="+", default=["esd", "salun"])
+    parser.add_argument("--methods", nargs="+", default=["esd", "salun", "advunlearn"])
     parser.add_argument("--attacks", nargs="+", default=["unlearndiffatk", "soft"])
     parser.add_argument("--prompts", type=int, default=20, help="prompts per target in the erased-model table "
                         "(the first N, as --attack-prompts; default 20)")
@@ -141,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.update({k: v for k, v in json.loads(out.read_text()).items() if k in (*report, "timing")})
     report.update({
         "benchmark": "UnlearnDiffAtk on the embedded world: oracle, calibration (un-erased model, target word "
-                     "deleted), pre-ASR / ASR of base, ESD and SalUn",
+                     "deleted), pre-ASR / ASR of base, ESD, SalUn and AdvUnlearn",
         "model": "minicanvas-sd", "model_sha256_16": folder_hash(EMBEDDED_MODEL_DIR), "judge": JUDGE,
         "classifier_sha256_16": folder_hash(MINICANVAS_CLASSIFIER_DIR),
         "attack": {k: attack_config(k).__dict__ for k in args.attacks},

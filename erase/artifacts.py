@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,11 +223,19 @@ def _component_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def apply_artifact(artifact: str | Path, components: dict[str, nn.Module], verify_base: bool = True) -> EraseRecord:
+class TransferWarning(UserWarning):
+    """An artifact applied onto a base other than the one it was made from (plug-in transfer)."""
+
+
+def apply_artifact(artifact: str | Path, components: dict[str, nn.Module], verify_base: bool = True,
+                   transfer: bool = False) -> EraseRecord:
     """Load the artifact's tensors into the given base components, in place; returns its record.
 
     Every tensor the component expects must be in the artifact (format "full"), or every tensor
     listed in ``erase.json`` must be present and fit (format "partial"); nothing loads leniently.
+    ``transfer``: the caller chose another base on purpose (AdvUnlearn's plug-in use of an erased text
+    encoder on another SD 1.x model); a base hash that differs is then a ``TransferWarning``, not an
+    error, while shapes that differ are still refused.
     """
     artifact = Path(artifact)
     record = read_record(artifact)
@@ -236,8 +245,12 @@ def apply_artifact(artifact: str | Path, components: dict[str, nn.Module], verif
         module = components[name]
         expected = entry.get("base_sha256")
         if verify_base and expected and module_sha256(module) != expected:
-            raise ArtifactError(f"the base model's {name} differs from the one {artifact} was made from "
-                                f"(base {record.base_model.get('id')!r})")
+            if not transfer:
+                raise ArtifactError(f"the base model's {name} differs from the one {artifact} was made from "
+                                    f"(base {record.base_model.get('id')!r})")
+            warnings.warn(TransferWarning(
+                f"plug-in transfer: {artifact}'s {name} was made on {record.base_model.get('id')!r} and this base's "
+                f"{name} differs; the erasure's measured figures do not carry over"), stacklevel=2)
         tensors = _component_tensors(artifact / name)
         state = module.state_dict()
         if entry["format"] == "partial":

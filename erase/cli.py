@@ -211,8 +211,9 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
             run=algo.run_info(), versions=versions())
         if accelerator.is_main_process:
             trained = None if closed_form else list(algo.trainable_parameters())
+            fmt = cls.artifact_format if artifact_format == "auto" else artifact_format
             record = save_artifact(out, algo.changed_components(), record, trained, algo.extra_tensors(), overwrite,
-                                   artifact_format, hashes)
+                                   fmt, hashes)
             shutil.rmtree(work, ignore_errors=True)
         accelerator.wait_for_everyone()
     return out, record
@@ -277,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (default 1)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50, 0: never)")
     p.add_argument("--format", default="auto", choices=("auto", "full", "partial"),
-                   help="whole changed components, or only trained tensors (auto: partial when <25%%)")
+                   help="whole changed components, or only trained tensors (auto: the method's choice, AdvUnlearn's "
+                   "full; else partial when <25%%)")
     p.add_argument("--threads", type=int, default=0, help=f"torch CPU threads, at most {MAX_THREADS}; 0 (default): one for a "
                    f"model under {SMALL_MODEL / 1e6:g} M parameters (the embedded ones), else every available core "
                    "(README 'Threads')")

@@ -33,18 +33,33 @@ def load_erased_pipeline(artifact_dir: str | os.PathLike, device: str | torch.de
                          progress: bool = True) -> StableDiffusionPipeline:
     """The base model named in the artifact's ``erase.json`` (or ``model``) with the erased components applied.
 
+    A ``model`` other than the recorded base is a plug-in transfer (AdvUnlearn's erased text encoder on
+    another SD 1.x model): components of other shapes are refused with one line, a base whose weights
+    merely differ gets an ``erase.artifacts.TransferWarning``.
     ``progress=False``: no loading bars (``pipelines.stable_diffusion.load_pipeline``).
     """
     record = read_record(artifact_dir)
     if record.base_model.get("type", "diffusion") != "diffusion":
         raise ArtifactError(f"{artifact_dir} erases a {record.base_model.get('type')}, not a diffusion model")
-    pipe = load_pipeline(base_id(record, model), dtype=torch.float32, progress=progress)
-    apply_artifact(artifact_dir, {name: getattr(pipe, name, None) for name in record.components})
+    chosen = base_id(record, model)
+    pipe = load_pipeline(chosen, dtype=torch.float32, progress=progress)
+    transfer = model is not None and not _same_base(chosen, record)
+    apply_artifact(artifact_dir, {name: getattr(pipe, name, None) for name in record.components}, transfer=transfer)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def _same_base(chosen: str | None, record: EraseRecord) -> bool:
+    """Whether ``chosen`` names the base the artifact records (by id, or as the same folder)."""
+    recorded = base_id(record)
+    if chosen == recorded:
+        return True
+    if chosen is None or recorded is None:
+        return False
+    return Path(chosen).exists() and Path(recorded).exists() and Path(chosen).resolve() == Path(recorded).resolve()
 
 
 def erased_copy(base: StableDiffusionPipeline, artifact_dir: str | os.PathLike) -> StableDiffusionPipeline:

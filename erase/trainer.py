@@ -131,6 +131,14 @@ class StepContext:
         check_finite(loss, self.step)
         self.accelerator.backward(loss)
 
+    def step_optimizer(self, params) -> None:
+        """The outer optimizer step, gradients averaged across processes first (``accelerate launch``)."""
+        if self.accelerator.num_processes > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        self.optimizer.step()
+
 
 def check_finite(loss: torch.Tensor, step: int) -> None:
     if not torch.isfinite(loss.detach()).all():

@@ -15,7 +15,9 @@ artifact's record. ``unlearncanvas-eval`` (``run.py``) is a thin command line ov
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from benchmarks.unlearncanvas.metrics import efficiency_from_artifact
 from benchmarks.unlearncanvas.report import write_report
 from benchmarks.unlearncanvas.robustness import evaluate_robustness, examples_image
 from benchmarks.unlearncanvas.scoring import score
-from erase.artifacts import read_record
+from erase.artifacts import TransferWarning, read_record
 from erase.attacks.tokens import check_vocabulary
 from erase.loading import load_erased_pipeline
 from erase.provenance import file_sha256, folder_hash, hardware, module_sha256
@@ -114,7 +116,18 @@ def load_model(model: str | None = None, artifact: str | Path | None = None, dev
     """
     info = describe_model(model, artifact)
     if artifact is not None:
-        return load_erased_pipeline(artifact, device=device, dtype=dtype, model=model, progress=progress), info
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TransferWarning)
+            pipe = load_erased_pipeline(artifact, device=device, dtype=dtype, model=model, progress=progress)
+        transfer = [str(w.message) for w in caught if issubclass(w.category, TransferWarning)]
+        for w in caught:
+            if not issubclass(w.category, TransferWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if transfer:  # recorded with the results: these figures are of a transferred erasure
+            info["transfer_warnings"] = transfer
+            for message in transfer:
+                print(f"warning: {message}", file=sys.stderr)
+        return pipe, info
     return load_pipeline(model, device=device, dtype=dtype, progress=progress), info
 
 

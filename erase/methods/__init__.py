@@ -5,6 +5,7 @@ Adding a method = one file under ``erase/methods/`` plus one entry below.
 
 from __future__ import annotations
 
+from erase.methods.advunlearn import AdvUnlearn
 from erase.methods.base import Method
 from erase.methods.config import MethodConfigError
 from erase.methods.esd import ESD
@@ -15,6 +16,7 @@ METHODS: dict[str, type[Method]] = {
     ESD.name: ESD,
     SalUn.name: SalUn,
     FeatureUnlearning.name: FeatureUnlearning,
+    AdvUnlearn.name: AdvUnlearn,
 }
 
 

@@ -46,6 +46,7 @@ class Method(ABC):
     summary: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # set by the three base classes below
     model_type: ClassVar[str] = "diffusion"
+    artifact_format: ClassVar[str] = "auto"  # what ``--format auto`` stores: auto (partial when small), full
 
     @classmethod
     def concept_kinds(cls) -> tuple[str, ...]:

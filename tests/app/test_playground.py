@@ -7,6 +7,8 @@ import torch
 
 from app.playground import Playground, build_app, build_parser, example_prompts, main
 from erase.artifacts import ArtifactError, EraseRecord, save_artifact
+from erase.cli import main as erase_main
+from erase.loading import load_erased_pipeline
 from erase.provenance import module_sha256
 from pipelines.stable_diffusion import generate
 
@@ -126,3 +128,19 @@ def test_example_prompts_name_the_concept_and_a_retained_one():
     assert "Fish" in obj[0] and "Fish" not in obj[-1]
     assert example_prompts("Van Gogh", "style")[0] == "A Architectures image in Van Gogh style."
     assert example_prompts("teapot", "object")[0] == "A photo of teapot."
+
+
+def test_an_advunlearn_text_encoder_shows_with_the_base_unet_shared(tiny_pipe, tiny_sd_dir, tmp_path):
+    folder = tmp_path / "advunlearn-candy"
+    assert erase_main(["--method", "advunlearn", "--concept", "Candy", "--model", str(tiny_sd_dir), "--output",
+                       str(folder), "--steps", "2", "--quiet", "--threads", "1", "warmup=1", "attack_steps=1",
+                       "ddim_steps=2", "retain_batch=2", "retain_prompts=domain", "lr=0.5"]) == 0
+    playground = Playground(None, [folder], base=tiny_pipe)
+    label = next(iter(playground.erased))
+    erased = playground.erased[label]
+    assert erased.unet is tiny_pipe.unet and erased.text_encoder is not tiny_pipe.text_encoder
+    _, shown, caption = playground.compare(PROMPT, label, 5, 3, 5.0)
+    want = generate(load_erased_pipeline(folder), [PROMPT], [5], steps=3, guidance_scale=5.0)[0]
+    scale = shown.width // want.shape[1]
+    assert np.abs(np.asarray(shown, dtype=int)[::scale, ::scale] - want.astype(int)).max() <= 1  # one grey level
+    assert "advunlearn" in caption
