@@ -99,7 +99,6 @@ def retain_set(config: AdvUnlearnConfig, concept: Concept) -> tuple[list[str], d
         lines = path.read_text(encoding="utf-8").splitlines()
         prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     words = {w for w in re.findall(r"\w+", f"{concept.text} {concept.phrase}".lower()) if len(w) > 2}
-    words |= {concept.phrase.lower()}
 
     def names(prompt: str) -> bool:
         text = prompt.lower()
@@ -194,6 +193,7 @@ class AdvUnlearn(SteppingMethod):
         self.alpha_final = final_alpha(sched, pipe.scheduler.alphas_cumprod).to(self.device)
         self.prediction = prediction_type(pipe.scheduler)
         self.half: torch.dtype | None = None
+        self.precision_checked = False
 
     def _offset(self, prompt: str) -> int:
         found = prompt.lower().find(self.concept.phrase.lower())
@@ -232,13 +232,10 @@ class AdvUnlearn(SteppingMethod):
     def _draw(self, generator: torch.Generator, batch: int, cond: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
         """(DDIM steps run, timestep, z_t): z_t drawn by partial CFG DDIM conditioned by the original encoder."""
         n_steps = int(torch.randint(0, self.config.ddim_steps, (1,), generator=generator))
-        z = torch.randn(latent_shape(self.unet, batch), generator=generator).to(self.device, self.unet.dtype)
-        z = partial_ddim(self.unet, z, cond.to(z.dtype), self.uncond0.expand(batch, -1, -1).to(z.dtype),
-                         self.timesteps, n_steps, self.config.start_guidance, self.alphas, self.alpha_final,
-                         self.prediction)
-        return n_steps, self.timesteps[n_steps].view(1).expand(batch), z.float()
+        return n_steps, self.timesteps[n_steps].view(1).expand(batch), self._sample_at(generator, n_steps, cond)
 
     def _sample_at(self, generator: torch.Generator, n_steps: int, cond: torch.Tensor) -> torch.Tensor:
+        """z_t after ``n_steps`` of partial CFG DDIM from noise, one latent per row of ``cond``."""
         batch = len(cond)
         z = torch.randn(latent_shape(self.unet, batch), generator=generator).to(self.device, self.unet.dtype)
         return partial_ddim(self.unet, z, cond.to(z.dtype), self.uncond0.expand(batch, -1, -1).to(z.dtype),
@@ -268,11 +265,12 @@ class AdvUnlearn(SteppingMethod):
     def _retain_loss(self, generator: torch.Generator, n_steps: int, t: torch.Tensor) -> torch.Tensor:
         pick = torch.randint(0, len(self.retain), (self.config.retain_batch,), generator=generator)
         ids = self.retain_ids[pick].to(self.device)
+        t = t[:1].expand(len(pick))
         with torch.no_grad():
             cond0 = self.original(ids)[0]
             z = self._sample_at(generator, n_steps, cond0)
-            target = self._eps(z, t[:1].expand(len(pick)), cond0)
-        pred = self._eps(z, t[:1].expand(len(pick)), self.text_encoder(ids)[0])
+            target = self._eps(z, t, cond0)
+        pred = self._eps(z, t, self.text_encoder(ids)[0])
         return F.mse_loss(pred, target)
 
     def _half_unet(self, ctx) -> None:
@@ -285,8 +283,9 @@ class AdvUnlearn(SteppingMethod):
 
     def training_step(self, ctx) -> float:
         cfg, gen = self.config, ctx.generator()
-        if ctx.step == 0 or self.half is None:
+        if not self.precision_checked:  # once per (resumed) run: the step context knows the precision
             self._half_unet(ctx)
+            self.precision_checked = True
         index = int(torch.randint(0, len(self.prompts), (1,), generator=gen))
         cond0 = self.cond0[index:index + 1]
         adversarial = ctx.step >= cfg.warmup
