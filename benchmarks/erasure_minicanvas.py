@@ -40,7 +40,7 @@ from pipelines.stable_diffusion import resolve_model
 RESULTS_FILE = Path(__file__).parent / "results" / "erasure_minicanvas.json"
 THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.85}
 TIME_LIMIT_S = 600
-KEPT = ("UA", "IRA", "CRA", "clip_removal_accuracy", "clip_score_retained", "fid")
+KEPT = ("UA", "IRA", "CRA", "clip_removal_accuracy", "clip_removal_accuracy_base", "clip_score_retained", "fid")
 
 
 def score_model(pipe, info: dict[str, Any], out: Path, targets: Sequence[str], config: EvalConfig,
@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", default="outputs/erasure-minicanvas", help="artifacts and answer sets go here")
     p.add_argument("--merge", action="store_true", help="keep the runs of --results-file for the (method, target) "
                    "pairs this invocation does not run (e.g. a preset changed for one kind)")
+    p.add_argument("--rescore", action="store_true", help="no erasure, no image drawn: score the answer sets of "
+                   "--results-file's runs (in --work) again with the current judges and update their figures; "
+                   "each answer set must have been drawn by the run's artifact (same weights hash)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results-file", default=str(RESULTS_FILE))
@@ -90,10 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
+    if args.rescore:
+        return rescore(Path(args.results_file), work, args.device)
     targets = [(kind, target) for kind, names in (("style", args.style_target), ("object", args.object_target))
                if kind in args.kinds for target in names]
     config = EvalConfig(seeds=args.eval_seeds, steps=args.eval_steps, guidance=args.eval_guidance,
-                        device=args.device, progress=False)
+                        device=args.device, progress=False, baseline_cache=work / "baseline-cache")
     _, device = evaluation_device(args.device)
     runs = []
     with load_judges(config, device) as judges:  # one classifier, CLIP and reference set for every model
@@ -135,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "fid_reference": (base.fid or {}).get("reference"),
                         "model": base_info["base"], "model_sha256_16": folder_hash(resolve_model(args.model)),
                         "classifier_sha256_16": folder_hash(MINICANVAS_CLASSIFIER_DIR),
+                        "judges_content_sha256_16": base.comparable and {
+                            k: base.comparable[k] for k in ("classifier_sha256_16", "clip_sha256_16",
+                                                            "fid_features_sha256_16", "fid_reference_sha256_16")},
                         "prompts": "11 themes x 10 objects, 'A {object} image in {style} style.'",
                         "eval_seeds": args.eval_seeds, "samples_per_model": base.answer_set["images"],
                         "sampler": "DDIM eta 0", "steps": args.eval_steps, "guidance_scale": args.eval_guidance,
@@ -153,6 +161,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.results_file).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.results_file}")
     return 0 if all(r["passes"] for r in runs) else 1
+
+
+def rescore(results_file: Path, work: Path, device: str | None = None) -> int:
+    """Score every run's answer set (``<work>/eval-<artifact>``) again with today's judges; the base first, so
+    its counts are the baseline the artifacts' rows are read against. Figures that judges do not decide
+    (erase time, cost, config) are kept; each run records the judges' hashes it was rescored with."""
+    result = json.loads(results_file.read_text())
+    cache = work / "baseline-cache"
+
+    def scored(folder: Path, targets: Sequence[str]) -> Results:
+        answers = folder / "answer_set"
+        config = EvalConfig(answer_dir=answers, targets=list(targets), out=work / f"rescore-{folder.name}",
+                            device=device, progress=False, baseline_cache=cache)
+        return evaluate(None, config)
+
+    base = scored(work / "eval-base", sorted({r["target"] for r in result["runs"]}))
+    result["base_model"]["targets"] = {r["target"]: _row(r) for r in base.targets}
+    for run in result["runs"]:
+        folder = work / f"eval-{Path(run['artifact']).name}"
+        res = scored(folder, [run["target"]])
+        drawn_by = res.model.get("weights_sha256_16")
+        if drawn_by != run["artifact_sha256_16"]:
+            raise SystemExit(f"error: {folder}/answer_set was drawn by weights {drawn_by}, the run's artifact is "
+                             f"{run['artifact_sha256_16']}")
+        run.update(_row(res.targets[0]))
+        run["rescored_with"] = {k: res.comparable[k] for k in ("classifier_sha256_16", "clip_sha256_16",
+                                                                "fid_features_sha256_16", "fid_reference_sha256_16")}
+        print(f"{run['method']:10s} {run['target']:8s} UA {run['UA']:.1%}  CLIP removal "
+              f"{run.get('clip_removal_accuracy', 0):.1%} (base {run.get('clip_removal_accuracy_base', 0):.1%})")
+    result["produced_by"]["scorer"] = ("unlearncanvas-eval (benchmarks.unlearncanvas.evaluate): MiniCanvas "
+                                       f"classifier, both heads, argmax; CLIP = {base.clip['scorer']}; "
+                                       f"FID = {(base.fid or {}).get('features')}")
+    result["produced_by"]["rescored"] = ("answer sets of the runs above scored again with the judges of each "
+                                         "run's rescored_with (python -m benchmarks.erasure_minicanvas --rescore)")
+    results_file.write_text(json.dumps(result, indent=1))
+    print(f"wrote {results_file}")
+    return 0
 
 
 if __name__ == "__main__":

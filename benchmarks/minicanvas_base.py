@@ -21,7 +21,7 @@ import torch
 from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
 from benchmarks.unlearncanvas.report import labelled_grid
 from erase.concepts import MINICANVAS, SEEDS
-from erase.provenance import folder_hash, hardware
+from erase.provenance import folder_hash, hardware, relative_path
 from pipelines.judges import MINICANVAS_CLASSIFIER_DIR as CLASSIFIER_DIR
 from pipelines.judges import MiniCanvasClassifier
 from pipelines.stable_diffusion import ModelLoadError, generate, load_pipeline, resolve_model
@@ -57,8 +57,8 @@ def evaluate_grid(model: str | None, classifier_dir: str | Path, seeds: Sequence
             "per_style": {t: round(v, 4) for t, v in zip(MINICANVAS.themes, per_style.tolist())},
             "per_object": {o: round(v, 4) for o, v in zip(MINICANVAS.objects, per_object.tolist())},
             "produced_by": {
-                "model": resolve_model(model), "model_sha256_16": folder_hash(resolve_model(model)),
-                "classifier": str(classifier_dir), "classifier_sha256_16": folder_hash(classifier_dir),
+                "model": relative_path(resolve_model(model)), "model_sha256_16": folder_hash(resolve_model(model)),
+                "classifier": relative_path(classifier_dir), "classifier_sha256_16": folder_hash(classifier_dir),
                 "prompts": f"{n_t} styles x {n_o} objects, template '{MINICANVAS.prompt('{style}', '{object}')}'",
                 "seeds": list(seeds), "samples": len(prompts), "sampler": "DDIM eta 0", "steps": steps,
                 "guidance_scale": guidance, "hardware": hardware(), "generation_seconds": round(seconds, 1),

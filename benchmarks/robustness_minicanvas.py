@@ -35,7 +35,7 @@ from erase.attacks.tokens import encode_with_tokens
 from erase.cli import erase_concept
 from erase.concepts import MINICANVAS
 from erase.loading import load_erased_pipeline
-from erase.provenance import folder_hash, hardware, versions
+from erase.provenance import folder_hash, hardware, relative_path, versions
 from pipelines.judges import MINICANVAS_CLASSIFIER_DIR, MiniCanvasClassifier
 from pipelines.stable_diffusion import EMBEDDED_MODEL_DIR, generate, load_pipeline
 from pipelines.threads import use_threads
@@ -87,7 +87,7 @@ def erased_model(method: str, target: str, work: Path) -> tuple[Any, dict[str, A
     if not (folder / "erase.json").is_file():
         erase_concept(method, target, output=folder, overwrite=True, progress=False)
     record = read_record(folder)
-    settings = {"method": method, "artifact": str(folder), "artifact_sha256_16": folder_hash(folder),
+    settings = {"method": method, "artifact": relative_path(folder), "artifact_sha256_16": folder_hash(folder),
                 "preset": record.preset, "steps": record.train["steps"],
                 "config": record.config, "seed": record.seed, "erase_seconds": record.cost["seconds"]}
     return load_erased_pipeline(folder, progress=False), settings

@@ -7,6 +7,7 @@ from, through these functions, so two results can be compared by content rather 
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -35,6 +36,12 @@ def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def relative_path(path: str | Path) -> str:
+    """``path`` relative to the working directory, for files that travel: a result file never names the
+    folders of the machine it was made on (``..`` steps where the path lies outside)."""
+    return Path(os.path.relpath(Path(path).absolute(), Path.cwd())).as_posix()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# base-model baselines of the evaluations are cached under $ERASE_CACHE: a fresh folder per session, never the
+# user's ~/.cache (a test that checks the cache passes its own folder)
+os.environ["ERASE_CACHE"] = tempfile.mkdtemp(prefix="erase-tests-cache-")
 
 import pytest
 import torch

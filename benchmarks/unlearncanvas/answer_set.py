@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -61,15 +61,36 @@ class SamplerSettings:
     photo_phrase: str = "Photo"
     ext: str = "png"
     seeds: list[int] = field(default_factory=list)
+    themes: list[str] | None = None  # None: every theme (a subset only for smoke tests)
+    objects: list[str] | None = None  # None: every object
+
+    GRID = ("seeds", "themes", "objects")  # which images, not how they look: a folder may hold more
 
 
-def answer_grid(domain: Domain, seeds: Sequence[int], photo_phrase: str = "Photo") -> list[AnswerItem]:
-    """Every (seed, theme, object) of the protocol, themes in label order (photo theme included)."""
-    return [AnswerItem(t, o, int(s), domain.prompt(t, o, photo_phrase))
-            for s in seeds for t in domain.themes for o in domain.objects]
+def answer_grid(domain: Domain, seeds: Sequence[int], photo_phrase: str = "Photo",
+                themes: Sequence[str] | None = None, objects: Sequence[str] | None = None) -> list[AnswerItem]:
+    """Every (seed, theme, object) of the protocol (or of the given subset), in label order (photo theme included)."""
+    themes = [t for t in domain.themes if themes is None or t in themes]
+    objects = [o for o in domain.objects if objects is None or o in objects]
+    return [AnswerItem(t, o, int(s), domain.prompt(t, o, photo_phrase)) for s in seeds for t in themes for o in objects]
 
 
-def _check_manifest(folder: Path, settings: SamplerSettings, model_id: str) -> None:
+def read_manifest(folder: str | Path) -> dict | None:
+    """The settings an answer-set folder was made with (``answer_set.json``), or None when it has none."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise AnswerSetError(f"corrupt {path}: not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+        raise AnswerSetError(f"corrupt {path}: no 'model' entry")
+    return data
+
+
+def _check_manifest(folder: Path, settings: SamplerSettings, model_id: str) -> dict | None:
+    """The folder's manifest (None when new); refuses other settings or a foreign folder."""
     path = folder / MANIFEST
     want = {"model": model_id, **asdict(settings)}
     if path.is_file():
@@ -78,16 +99,25 @@ def _check_manifest(folder: Path, settings: SamplerSettings, model_id: str) -> N
         except ValueError:
             raise AnswerSetError(f"corrupt {path}; delete it only if every image in {folder} was made "
                                  f"with the current settings") from None
-        diff = [k for k in want if k != "seeds" and have.get(k) != want[k]]
+        diff = [k for k in want if k not in SamplerSettings.GRID and have.get(k) != want[k]]
         if diff:
             k = diff[0]
             raise AnswerSetError(f"{folder} was generated with {k}={have.get(k)!r}, this run uses {want[k]!r}; "
                                  f"use another --answer-set folder or the same settings")
+        return have
     else:
         stray = [p.name for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
         if stray:
             raise AnswerSetError(f"{folder} is not empty and holds no {MANIFEST} (e.g. {stray[0]}); "
                                  f"choose a new folder for the answer set")
+    return None
+
+
+def _union(have: list | None, want: list | None) -> list | None:
+    """Grid entries of two runs into one folder (None = all of them)."""
+    if have is None or want is None:
+        return None
+    return list(dict.fromkeys([*have, *want]))
 
 
 def write_manifest(folder: Path, settings: SamplerSettings, model_id: str) -> None:
@@ -113,7 +143,7 @@ def generate_answer_set(pipe, folder: str | Path, domain: Domain, settings: Samp
     calls this. ``on_batch`` is called with the number of images written so far by this process.
     """
     folder = Path(folder)
-    items = answer_grid(domain, settings.seeds, settings.photo_phrase)
+    items = answer_grid(domain, settings.seeds, settings.photo_phrase, settings.themes, settings.objects)
     missing = [it for it in items if not (folder / it.file_name(settings.ext)).exists()]
     mine = missing[process_index::num_processes]
     t0 = time.perf_counter()
@@ -141,7 +171,11 @@ def check_answer_folder(folder: str | Path, settings: SamplerSettings, model_id:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise AnswerSetError(f"answer-set path {folder} is a file, expected a folder")
-    _check_manifest(folder, settings, model_id)
+    have = _check_manifest(folder, settings, model_id)
+    if have is not None:  # the manifest names every image the folder was asked for, over all runs
+        seeds = list(dict.fromkeys([*have.get("seeds", []), *settings.seeds]))
+        settings = replace(settings, seeds=seeds, themes=_union(have.get("themes"), settings.themes),
+                           objects=_union(have.get("objects"), settings.objects))
     write_manifest(folder, settings, model_id)
 
 
@@ -182,8 +216,10 @@ def load_images(paths: Sequence[Path], size: int | None = None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def read_answer_set(folder: str | Path, domain: Domain, seeds: Sequence[int], ext: str | None = None) -> AnswerSet:
-    """The complete answer set in ``folder``; an empty or incomplete folder raises ``AnswerSetError``."""
+def read_answer_set(folder: str | Path, domain: Domain, seeds: Sequence[int], ext: str | None = None,
+                    themes: Sequence[str] | None = None, objects: Sequence[str] | None = None) -> AnswerSet:
+    """The complete answer set (of the given subset) in ``folder``; an empty or incomplete folder raises
+    ``AnswerSetError``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AnswerSetError(f"answer-set folder {folder} does not exist")
@@ -200,7 +236,7 @@ def read_answer_set(folder: str | Path, domain: Domain, seeds: Sequence[int], ex
         found[(theme, obj, seed)] = p
     if not found:
         raise AnswerSetError(f"{folder} holds no answer-set images (<Theme>_<Object>_seed<N>.<ext>)")
-    items = answer_grid(domain, seeds)
+    items = answer_grid(domain, seeds, themes=themes, objects=objects)
     missing = [it for it in items if (it.theme, it.obj, it.seed) not in found]
     if missing:
         m = missing[0]

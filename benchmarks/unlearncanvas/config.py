@@ -32,13 +32,15 @@ class EvalConfig:
     domain: str = "minicanvas"  # a key of erase.concepts.DOMAINS
     targets: Sequence[str] | None = None  # erased concepts; "all" = every concept; None = the artifact's, else all
     seeds: Sequence[int] | None = None  # None: the domain's (188 288 588 688 888)
+    themes: Sequence[str] | None = None  # a subset of themes for smoke tests (None: all; results marked "subset")
+    objects: Sequence[str] | None = None  # a subset of objects (None: all)
     # answer set
     steps: int | None = None  # DDIM steps; None: SAMPLER_DEFAULTS[domain]
     guidance: float | None = None  # CFG scale; None: SAMPLER_DEFAULTS[domain]
     size: int | None = None  # image size; None: the model's
     batch_size: int = 64
     ext: str | None = None  # png | jpg; None: png (minicanvas), jpg (unlearncanvas)
-    photo_phrase: str = "Photo"  # 'Seed Images' reproduces the released unlearned-model samplers
+    photo_phrase: str | None = None  # None: "Photo"; 'Seed Images' reproduces the released unlearned-model samplers
     out: str | Path | None = None  # results.json, results.md, answer_set_grid.png; None: write no report
     answer_dir: str | Path | None = None  # None: <out>/answer_set; resumed when present
     label: str | None = None  # leaderboard row; None: the artifact's method, else "base"
@@ -64,9 +66,53 @@ class EvalConfig:
     attack_timesteps: int | None = None
     attack_steps: int | None = None  # Adam steps per timestep
     attack_prompts: int | None = None  # the first N of each target's prompts; None: all
+    # the base model's figures beside every CLIP removal figure, cached per base model and settings
+    baseline: bool = True
+    baseline_cache: str | Path | None = None  # None: $ERASE_CACHE/baselines or ~/.cache/erase/baselines
     # run
     device: str | None = None  # None: accelerate's choice
     progress: bool = True
+
+    @property
+    def subset(self) -> dict | None:
+        """What a subset run left out of the protocol's grid (None: the whole protocol); needs ``resolved``."""
+        domain = self.spec
+        out = {}
+        if list(self.themes) != list(domain.themes):
+            out["themes"] = list(self.themes)
+        if list(self.objects) != list(domain.objects):
+            out["objects"] = list(self.objects)
+        if list(self.seeds) != list(domain.seeds):
+            out["seeds"] = list(self.seeds)
+        return out or None
+
+    def from_manifest(self, manifest: dict | None) -> "EvalConfig":
+        """Scoring a given answer set: its sampler settings, wording and grid come from its ``answer_set.json``.
+
+        A value given here that contradicts the manifest is refused (one line); without a manifest (an
+        answer set made by the official scripts) the given values or the domain's defaults are used.
+        """
+        if manifest is None:
+            return self
+        taken = {"steps": "steps", "guidance": "guidance_scale", "size": "size", "photo_phrase": "photo_phrase",
+                 "ext": "ext"}
+        updates = {}
+        for field, key in taken.items():
+            have, given = manifest.get(key), getattr(self, field)
+            if given is not None and have is not None and given != have:
+                raise UsageError(f"--{field.replace('_', '-')} {given} contradicts the answer set's {key} {have} "
+                                 f"(answer_set.json); drop it, the manifest's value is used")
+            updates[field] = have if given is None else given
+        for field in ("seeds", "themes", "objects"):  # a subset of what the folder holds may be scored
+            have, given = manifest.get(field), getattr(self, field)
+            given = [given] if isinstance(given, (str, int)) else given
+            if given is None:
+                updates[field] = have
+            elif have is not None and any(g not in have for g in given):
+                extra = next(g for g in given if g not in have)
+                raise UsageError(f"--{field} {extra} is not in the answer set (answer_set.json has "
+                                 f"{', '.join(map(str, have))})")
+        return dataclasses.replace(self, **updates)
 
     @property
     def spec(self) -> Domain:
@@ -93,11 +139,15 @@ class EvalConfig:
         targets = [self.targets] if isinstance(self.targets, str) else self.targets
         seeds = [self.seeds] if isinstance(self.seeds, int) else self.seeds
         seeds = [int(s) for s in (seeds if seeds else domain.seeds)]
+        themes = _subset(domain, "theme", domain.themes, self.themes)
+        objects = _subset(domain, "object", domain.objects, self.objects)
         cfg = dataclasses.replace(
             self, steps=self.steps if self.steps is not None else steps,
             guidance=float(self.guidance if self.guidance is not None else guidance), seeds=seeds,
+            themes=themes, objects=objects,
+            photo_phrase=self.photo_phrase if self.photo_phrase is not None else "Photo",
             ext=self.ext or ("png" if domain.name == "minicanvas" else "jpg"),
-            targets=resolve_targets(domain, targets or ([concept] if concept else ["all"])),
+            targets=resolve_targets(domain, targets or ([concept] if concept else ["all"]), themes + objects),
             grid_seed=self.grid_seed if self.grid_seed is not None else seeds[0])
         if cfg.steps < 1 or cfg.batch_size < 1 or len(set(seeds)) != len(seeds):
             raise UsageError("--steps and --batch-size must be positive and --seeds distinct")
@@ -111,6 +161,13 @@ class EvalConfig:
             raise UsageError(f"ext must be one of {', '.join(EXTENSIONS)}, got {cfg.ext!r}")
         if cfg.grid_seed not in seeds:
             raise UsageError(f"--grid-seed {cfg.grid_seed} is not one of --seeds")
+        for target in cfg.targets:  # a target's UA, IRA and CRA need it, another of its kind and the other axis
+            kind = domain.concept_kind(target)
+            own, other = (cfg.themes, cfg.objects) if kind == "style" else (cfg.objects, cfg.themes)
+            peers = [c for c in own if c != target and c != domain.photo_theme]
+            if target not in own or not peers or not [c for c in other if c != domain.photo_theme]:
+                raise UsageError(f"the subset must hold the target {target}, another {kind} and at least one "
+                                 f"{'object' if kind == 'style' else 'theme'} (--themes/--objects)")
         if cfg.attack is not None:
             if cfg.attack not in KINDS:
                 raise UsageError(f"unknown attack {cfg.attack!r}; known: {', '.join(KINDS)}")
@@ -134,12 +191,27 @@ class EvalConfig:
         return cfg
 
 
-def resolve_targets(domain: Domain, names: Sequence[str]) -> list[str]:
-    """Canonical target names in the given order, 'all' expanded to every style then every object."""
+def _subset(domain: Domain, kind: str, every: Sequence[str], names: Sequence[str] | str | None) -> list[str]:
+    """Canonical names of a --themes/--objects subset in label order (None: all of them)."""
+    if names is None:
+        return list(every)
+    names = [names] if isinstance(names, str) else names
+    wanted = set()
+    for name in names:
+        canonical = domain.canonical(name)  # ConceptError (a ValueError) lists the known concepts
+        if canonical not in every:
+            raise UsageError(f"{name!r} is not a {kind} of {domain.name}")
+        wanted.add(canonical)
+    return [c for c in every if c in wanted]
+
+
+def resolve_targets(domain: Domain, names: Sequence[str], within: Sequence[str] | None = None) -> list[str]:
+    """Canonical target names in the given order, 'all' expanded to every style then every object
+    (of ``within``, a subset's themes and objects, when given)."""
     out: list[str] = []
     for name in names:
         if name.lower() == "all":
-            out += [c for c in domain.styles + domain.objects if c not in out]
+            out += [c for c in domain.styles + domain.objects if c not in out and (within is None or c in within)]
             continue
         domain.concept_kind(name)  # raises ConceptError (a ValueError) with the list of known concepts
         if domain.canonical(name) not in out:

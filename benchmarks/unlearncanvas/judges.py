@@ -8,6 +8,7 @@ on ``close()`` (or at the end of a ``with`` block).
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from benchmarks.unlearncanvas.scorers.fid import ClipFeatures, InceptionFeatures
 from erase.concepts import Domain
 from erase.data.layout import read_layout, reference_images
 from erase.data.minicanvas import write_dataset
+from erase.provenance import file_sha256, module_sha256, relative_path
 from pipelines.judges import MINICANVAS_CLASSIFIER_DIR, MINICANVAS_CLIP_DIR, MiniCanvasClassifier
 from pipelines.recipes.minicanvas_sd import RecipeConfig
 
@@ -45,6 +47,9 @@ class Judges:
     clip: ClipScorer | None = None
     fid_space: ClipFeatures | InceptionFeatures | None = None
     reference: Reference | None = None
+    # content hashes (first 16 hex digits) of every judge's weights and of the reference set: what makes two
+    # results comparable, whatever the files are called (leaderboard.comparability)
+    hashes: dict[str, str | None] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -107,7 +112,7 @@ def load_fid_space(config: EvalConfig, clip: ClipScorer | None, device: torch.de
 def load_reference(config: EvalConfig, domain: Domain, tmp: Path) -> Reference:
     """The protocol's FID reference set (every cell; the scorer leaves a target's cells out)."""
     if config.dataset:
-        root, desc = Path(config.dataset), f"{config.dataset}"
+        root, desc = Path(config.dataset), relative_path(config.dataset)
     elif domain.name == "minicanvas":
         seed = RecipeConfig().data_seed
         root = write_dataset(tmp / "minicanvas-reference", per_cell=REFERENCE_PER_CELL, seed=seed)
@@ -121,17 +126,37 @@ def load_reference(config: EvalConfig, domain: Domain, tmp: Path) -> Reference:
                                              f"erased target's cells excluded")
 
 
+def reference_sha256(reference: Reference) -> str:
+    """Content hash of a reference set: each image's <Style>/<Object>/<name> and its bytes, in order."""
+    h = hashlib.sha256()
+    for p in reference.paths:
+        h.update(f"{p.parent.parent.name}/{p.parent.name}/{p.name}:{file_sha256(p)};".encode())
+    return h.hexdigest()[:16]
+
+
+def classifier_sha256(classifier: StyleObjectClassifier) -> str:
+    """Content hash of a style/object classifier's weights (both networks for the UnlearnCanvas pair)."""
+    modules = [classifier] if isinstance(classifier, torch.nn.Module) else [classifier.style_model,
+                                                                           classifier.object_model]
+    return hashlib.sha256("".join(module_sha256(m) for m in modules).encode()).hexdigest()[:16]
+
+
 def load_judges(config: EvalConfig, device: torch.device | str = "cpu") -> Judges:
     """Every judge of the config, in the order a user would fix them: classifier, CLIP, FID, reference."""
     domain = config.spec
     classifier, name = load_classifier(config, domain, device)
     clip = load_clip(config, domain, device)
     fid_space = load_fid_space(config, clip, device)
-    judges = Judges(classifier, name, clip, fid_space)
+    clip_hash = module_sha256(clip.model)[:16] if clip is not None else None
+    judges = Judges(classifier, name, clip, fid_space,
+                    hashes={"classifier": classifier_sha256(classifier), "clip": clip_hash})
     if fid_space is not None:
+        judges.hashes["fid_features"] = (clip_hash if isinstance(fid_space, ClipFeatures)
+                                         else file_sha256(config.inception_weights)[:16])
         judges._tmp = tempfile.TemporaryDirectory(prefix="unlearncanvas-eval-")
         try:
             judges.reference = load_reference(config, domain, Path(judges._tmp.name))
+            judges.hashes["fid_reference"] = reference_sha256(judges.reference)
         except BaseException:
             judges.close()
             raise

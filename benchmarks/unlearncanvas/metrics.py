@@ -27,6 +27,7 @@ import numpy as np
 
 from erase.artifacts import read_record
 from erase.concepts import Domain
+from erase.provenance import relative_path
 
 
 @dataclass
@@ -59,22 +60,29 @@ def cell_counts(domain: Domain, theme_true: Sequence[int], object_true: Sequence
 
 
 def table_from_counts(domain: Domain, total: np.ndarray, style_correct: np.ndarray,
-                      object_correct: np.ndarray) -> AccuracyTable:
-    """Per-theme style accuracy and per-object object accuracy from per-cell counts."""
+                      object_correct: np.ndarray, allow_missing: bool = False) -> AccuracyTable:
+    """Per-theme style accuracy and per-object object accuracy from per-cell counts.
+
+    ``allow_missing``: a subset answer set; themes and objects without images are left out of the table
+    (and so out of every mean), instead of refused.
+    """
     total, style_correct, object_correct = (np.asarray(a, dtype=np.int64)
                                             for a in (total, style_correct, object_correct))
     if total.sum() == 0:
         raise ValueError("no images to score")
     missing = [domain.themes[i] for i in range(len(domain.themes)) if total[i].sum() == 0]
     missing += [domain.objects[j] for j in range(len(domain.objects)) if total[:, j].sum() == 0]
-    if missing:
+    if missing and not allow_missing:
         raise ValueError(f"the answer set has no image prompted with {', '.join(missing)}")
     with np.errstate(invalid="ignore", divide="ignore"):
         cs, co = style_correct / total, object_correct / total  # nan where a cell holds no image
-    style = {t: float(style_correct[i].sum() / total[i].sum()) for i, t in enumerate(domain.themes)}
-    obj = {o: float(object_correct[:, j].sum() / total[:, j].sum()) for j, o in enumerate(domain.objects)}
+    style = {t: float(style_correct[i].sum() / total[i].sum()) for i, t in enumerate(domain.themes)
+             if total[i].sum()}
+    obj = {o: float(object_correct[:, j].sum() / total[:, j].sum()) for j, o in enumerate(domain.objects)
+           if total[:, j].sum()}
+    per_theme, per_object = total.sum(1), total.sum(0)
     return AccuracyTable(style, obj, np.round(cs, 4).tolist(), np.round(co, 4).tolist(),
-                         int(total[0].sum()), int(total[:, 0].sum()))
+                         int(per_theme[per_theme > 0][0]), int(per_object[per_object > 0][0]))
 
 
 def accuracy_table(domain: Domain, theme_true: Sequence[int], object_true: Sequence[int],
@@ -85,17 +93,21 @@ def accuracy_table(domain: Domain, theme_true: Sequence[int], object_true: Seque
 
 def unlearncanvas_scores(style_acc: Mapping[str, float], object_acc: Mapping[str, float], target: str,
                          domain: Domain) -> dict:
-    """UA, IRA and CRA (fractions in [0, 1]) for one erased target, from per-concept accuracies."""
+    """UA, IRA and CRA (fractions in [0, 1]) for one erased target, from per-concept accuracies.
+
+    Means run over the concepts the accuracies hold: all of them for the protocol, a subset's otherwise.
+    """
     kind = domain.concept_kind(target)
     target = domain.canonical(target)
-    styles = domain.styles
+    styles = [k for k in domain.styles if k in style_acc]
+    objects = [j for j in domain.objects if j in object_acc]
     if kind == "style":
         ua = 1 - style_acc[target]
         ira = float(np.mean([style_acc[k] for k in styles if k != target]))
-        cra = float(np.mean([object_acc[j] for j in domain.objects]))
+        cra = float(np.mean([object_acc[j] for j in objects]))
     else:
         ua = 1 - object_acc[target]
-        ira = float(np.mean([object_acc[j] for j in domain.objects if j != target]))
+        ira = float(np.mean([object_acc[j] for j in objects if j != target]))
         cra = float(np.mean([style_acc[k] for k in styles]))
     return {"target": target, "kind": kind, "UA": float(ua), "IRA": ira, "CRA": cra}
 
@@ -141,13 +153,10 @@ def summarize(rows: Sequence[dict]) -> dict:
         sel = [r for r in rows if r["kind"] == kind]
         if sel:
             summary[kind] = {k: float(np.mean([r[k] for r in sel])) for k in ("UA", "IRA", "CRA")}
-            for k in ("clip_removal_accuracy", "clip_score_retained"):
-                if all(k in r for r in sel):
+            for k in ("clip_removal_accuracy", "clip_removal_accuracy_base", "clip_score_retained", "fid"):
+                if all(r.get(k) is not None for r in sel):
                     summary[kind][k] = float(np.mean([r[k] for r in sel]))
             summary[kind]["targets"] = len(sel)
-    fids = [r["fid"] for r in rows if "fid" in r]
-    if fids:
-        summary["fid"] = float(np.mean(fids))
     return summary
 
 
@@ -170,4 +179,4 @@ def efficiency_from_artifact(artifact: str | Path | None) -> dict | None:
             "storage_gb": size / 1e9,
             "storage_bytes": int(size),
             "device": cost.get("device"),
-            "source": f"{Path(artifact) / 'erase.json'} (cost: measured by the erasure run itself)"}
+            "source": f"{relative_path(Path(artifact) / 'erase.json')} (cost: measured by the erasure run itself)"}

@@ -56,22 +56,40 @@ def _num(v: float | None, digits: int = 2) -> str:
     return "" if v is None else f"{v:.{digits}f}"
 
 
+def _with_base(row: dict, key: str, fmt) -> str:
+    """'97.50 (base 1.80)': a figure with the base model's value for the same target, when known."""
+    value = fmt(row.get(key))
+    return f"{value} (base {fmt(row[key + '_base'])})" if value and row.get(key + "_base") is not None else value
+
+
+def subset_text(subset: dict) -> str:
+    """'themes Candy, Fire; seeds 188': what a subset run kept of the protocol's grid."""
+    return "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in subset.items())
+
+
 def results_markdown(results: dict) -> str:
     """The Markdown report of one ``unlearncanvas-eval`` run: what was measured, by what, on what."""
     a, m = results["answer_set"], results["model"]
     lines = [f"# UnlearnCanvas evaluation: {results['label']} ({results['domain']})", ""]
+    if a.get("subset"):
+        lines += [f"**Subset, not the protocol** ({subset_text(a['subset'])}): a smoke test; its figures are not "
+                  f"comparable with the protocol's and `merge` refuses them without `--allow-subset`.", ""]
     model = m.get("base") or "(answer set given)"
     if m.get("artifact"):
         model += f" + artifact {m['artifact']} ({m.get('method')}, concept {m.get('concept')})"
+    if m.get("key"):
+        model += f"; identity {m['key']}"
     lines += [f"- model: {model}",
               f"- answer set: {a['images']} images, {a['grid']}; template `{a['prompt_template']}` "
               f"(photo theme: '{a['photo_phrase']}'); {a['sampler']}, {a['steps']} steps, guidance "
-              f"{a['guidance_scale']}; seeds {', '.join(map(str, a['seeds']))}; {a['generated']} generated in this run",
+              f"{a['guidance_scale']}; seeds {', '.join(map(str, a['seeds']))}; {a['generated']} generated in this run; "
+              f"settings from {a.get('settings_from', 'this run')}",
               f"- classifier: {results['classifier']['name']} ({results['classifier']['images_per_theme']} images "
               f"per theme, {results['classifier']['images_per_object']} per object)"]
     if results.get("clip"):
         c = results["clip"]
-        lines.append(f"- CLIP: {c['scorer']}; zero-shot = {c['zero_shot']}; CLIP score = {c['clip_score']}")
+        lines.append(f"- CLIP: {c['scorer']}; zero-shot = {c['zero_shot']}; CLIP score = {c['clip_score']}; "
+                     f"base-model figures: {c.get('baseline', {}).get('source', 'not computed')}")
     if results.get("fid"):
         f = results["fid"]
         lines.append(f"- FID: {f['features']}; reference: {f['reference']} (resized to {f['reference_images_resized_to']} "
@@ -82,18 +100,18 @@ def results_markdown(results: dict) -> str:
         lines.append(f"- efficiency ({e['source']}): time {_num(e['time_s'], 1)} s, peak memory {_num(e['memory_gb'], 3)} "
                      f"GB ({e.get('memory_kind')}), storage {_num(e['storage_gb'], 4)} GB")
     lines.append(f"- hardware: {results['hardware']}; torch {results['torch']}; {results['seconds']['total']:.0f} s total")
-    lines += ["", "## Per target (%, FID lower is better)", "",
-              "| target | kind | UA | IRA | CRA | CLIP removal | CLIP score retained | CLIP score forget | FID |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Per target (%, FID lower is better; base = the un-erased model, same prompts, seeds and judges)",
+              "", "| target | kind | UA (base) | IRA | CRA | CLIP removal (base) | CLIP score retained (base) | "
+              "CLIP score forget (base) | FID |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results["targets"]:
-        lines.append(f"| {r['target']} | {r['kind']} | {_pct(r['UA'])} | {_pct(r['IRA'])} | {_pct(r['CRA'])} | "
-                     f"{_pct(r.get('clip_removal_accuracy'))} | {_num(r.get('clip_score_retained'))} | "
-                     f"{_num(r.get('clip_score_forget'))} | {_num(r.get('fid'), 4)} |")
+        lines.append(f"| {r['target']} | {r['kind']} | {_with_base(r, 'UA', _pct)} | {_pct(r['IRA'])} | "
+                     f"{_pct(r['CRA'])} | {_with_base(r, 'clip_removal_accuracy', _pct)} | "
+                     f"{_with_base(r, 'clip_score_retained', _num)} | {_with_base(r, 'clip_score_forget', _num)} | "
+                     f"{_num(r.get('fid'), 4)} |")
     for kind, s in results["summary"].items():
-        if kind != "fid":
-            lines.append(f"| **mean of {s['targets']} {kind} targets** | {kind} | {_pct(s['UA'])} | {_pct(s['IRA'])} | "
-                         f"{_pct(s['CRA'])} | {_pct(s.get('clip_removal_accuracy'))} | "
-                         f"{_num(s.get('clip_score_retained'))} | | |")
+        lines.append(f"| **mean of {s['targets']} {kind} targets** | {kind} | {_pct(s['UA'])} | {_pct(s['IRA'])} | "
+                     f"{_pct(s['CRA'])} | {_with_base(s, 'clip_removal_accuracy', _pct)} | "
+                     f"{_num(s.get('clip_score_retained'))} | | {_num(s.get('fid'), 4)} |")
     if results.get("robustness"):
         lines += robustness_markdown(results["robustness"])
     acc = results["accuracy"]
@@ -182,14 +200,17 @@ def summary_text(results: dict, out: str | Path | None = None) -> str:
     a = results["answer_set"]
     lines = [f"{results['label']} on {results['domain']}: {a['images']} images ({a['generated']} generated now), "
              f"{a['steps']} DDIM steps, guidance {a['guidance_scale']}; judged by {results['classifier']['name']}"]
+    if a.get("subset"):
+        lines.append(f"  SUBSET, not the protocol ({subset_text(a['subset'])})")
     for kind, s in results["summary"].items():
-        if kind == "fid":
-            continue
         extra = f", CLIP removal {s['clip_removal_accuracy']:.1%}" if "clip_removal_accuracy" in s else ""
+        if "clip_removal_accuracy_base" in s:
+            extra += f" (base model {s['clip_removal_accuracy_base']:.1%})"
+        fid = f", FID {s['fid']:.4f}" if "fid" in s else ""
         lines.append(f"  {kind} targets ({s['targets']}): UA {s['UA']:.1%}  IRA {s['IRA']:.1%}  "
-                     f"CRA {s['CRA']:.1%}{extra}")
+                     f"CRA {s['CRA']:.1%}{extra}{fid}")
     if results.get("fid"):
-        lines.append(f"  {results['fid']['features']}: mean over targets {results['summary']['fid']:.4f}")
+        lines.append(f"  FID: {results['fid']['features']}")
     rob = results.get("robustness")
     if rob:
         for kind, s in rob["summary"].items():

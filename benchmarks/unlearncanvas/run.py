@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from benchmarks.unlearncanvas import leaderboard
+from benchmarks.unlearncanvas.answer_set import read_manifest
 from benchmarks.unlearncanvas.config import EvalConfig, UsageError
 from benchmarks.unlearncanvas.evaluate import evaluate, evaluation_device, load_model
 from benchmarks.unlearncanvas.judges import load_judges
@@ -52,10 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="erased concept (style or object), repeatable; 'all' = every concept "
                         "(default: the artifact's concept, else all)")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds (default: 188 288 588 688 888)")
+    g.add_argument("--themes", nargs="+", default=None, help="a subset of themes, for smoke tests (default: all); "
+                   "results say 'subset, not the protocol' and merge refuses them without --allow-subset")
+    g.add_argument("--objects", nargs="+", default=None, help="a subset of objects, for smoke tests (default: all)")
     g = p.add_argument_group("answer set")
     g.add_argument("--out", required=True, help="folder for results.json, results.md and the grid PNG")
     g.add_argument("--answer-set", default=None, help="answer-set folder (default: <out>/answer_set); resumed if present")
-    g.add_argument("--score-only", action="store_true", help="score an existing answer set; load no model")
+    g.add_argument("--score-only", action="store_true", help="score an existing answer set; load no model (its "
+                   "sampler settings, wording, grid and model come from its answer_set.json)")
     g.add_argument("--steps", type=int, default=None, help="DDIM steps (unlearncanvas: %d, minicanvas: %d)"
                    % (SAMPLER_DEFAULTS["unlearncanvas"][0], SAMPLER_DEFAULTS["minicanvas"][0]))
     g.add_argument("--guidance", type=float, default=None, help="CFG scale (unlearncanvas: %s, minicanvas: %s)"
@@ -63,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--ext", choices=("png", "jpg"), default=None, help="default: png (minicanvas), jpg (unlearncanvas)")
-    g.add_argument("--photo-phrase", default="Photo", help="style phrase for the photo theme; 'Seed Images' "
-                   "reproduces the released unlearned-model samplers")
+    g.add_argument("--photo-phrase", default=None, help="style phrase for the photo theme (default 'Photo'); "
+                   "'Seed Images' reproduces the released unlearned-model samplers")
     g = p.add_argument_group("classifier")
     g.add_argument("--classifier", default=None, help="MiniCanvas classifier folder (default: the shipped one)")
     g.add_argument("--style-classifier", default=None, help="UnlearnCanvas style50.pth")
@@ -75,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-model", default=None, help="open_clip architecture, e.g. ViT-L-14")
     g.add_argument("--clip-pretrained", default=None, help="open_clip pretrained tag or weights file")
     g.add_argument("--no-clip", action="store_true", help="skip the CLIP metrics")
+    g.add_argument("--no-baseline", action="store_true", help="do not put the base model's figures beside the "
+                   "erased model's (they cost one base answer set per base model and settings, then are cached)")
+    g.add_argument("--baseline-cache", default=None, help="folder of cached base-model figures (default: "
+                   "$ERASE_CACHE/baselines or ~/.cache/erase/baselines)")
     g = p.add_argument_group("FID")
     g.add_argument("--dataset", default=None, help="reference dataset <root>/<Style>/<Object>/<idx>.<ext> "
                    "(default for minicanvas: rendered from the base model's training seed)")
@@ -102,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """The ``EvalConfig`` a command line asks for (the only place that reads the Namespace)."""
     return EvalConfig(
-        domain=args.domain, targets=args.target, seeds=args.seeds, steps=args.steps, guidance=args.guidance,
+        domain=args.domain, targets=args.target, seeds=args.seeds, themes=args.themes, objects=args.objects,
+        steps=args.steps, guidance=args.guidance, baseline=not args.no_baseline, baseline_cache=args.baseline_cache,
         size=args.size, batch_size=args.batch_size, ext=args.ext, photo_phrase=args.photo_phrase, out=args.out,
         answer_dir=args.answer_set, label=args.label, grid_seed=args.grid_seed, classifier=args.classifier,
         style_classifier=args.style_classifier, object_classifier=args.object_classifier,
@@ -126,6 +137,9 @@ def run(config: EvalConfig, model: str | None = None, artifact: str | None = Non
         raise UsageError("--score-only loads no model; drop --artifact or --score-only (use --label to name the row)")
     check_threads(threads)
     concept = read_record(artifact).concept if artifact else None
+    if score_only:  # the answer set's own settings, before any default fills a field
+        answer_dir = config.answer_dir or (Path(config.out) / "answer_set" if config.out is not None else None)
+        config = config.from_manifest(read_manifest(answer_dir) if answer_dir is not None else None)
     config = config.resolved(concept)
     accelerator, device = evaluation_device(config.device)
     with restore_threads(), load_judges(config, device) as judges:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from benchmarks.erasure_minicanvas import RESULTS_FILE, _options, main
+from erase.provenance import relative_path
 
 
 def test_options_apply_per_method_and_kind():
@@ -32,7 +33,7 @@ def test_erase_then_evaluate_on_the_tiny_model(tmp_path, tiny_sd_dir, capsys):
     assert "fid" in run and len(run["per_theme_accuracy"]) == 11
     assert set(result["base_model"]["targets"]) == {"Fire"}
     produced = result["produced_by"]
-    assert produced["model"] == str(tiny_sd_dir) and produced["samples_per_model"] == 110
+    assert produced["model"] == relative_path(tiny_sd_dir) and produced["samples_per_model"] == 110
     committed = json.loads(RESULTS_FILE.read_text())  # the figures in README keep their keys
     # every key the committed figures have (newer runs may add some, e.g. the artifact's hash)
     assert list(result) == list(committed) and set(committed["runs"][0]) <= set(run)
@@ -46,3 +47,18 @@ def test_erase_then_evaluate_on_the_tiny_model(tmp_path, tiny_sd_dir, capsys):
     merged = json.loads(results_file.read_text())  # --merge keeps the Fire run of the first invocation
     assert [(r["target"], r.get("from_earlier_run", False)) for r in merged["runs"]] == [("Fire", True), ("Fish", False)]
     assert set(merged["base_model"]["targets"]) == {"Fire", "Fish"}
+
+    # --rescore: the same answer sets scored again (no erasure, no image drawn), base figures beside each run
+    rc = main(["--rescore", "--work", str(tmp_path / "work"), "--results-file", str(results_file), "--device", "cpu"])
+    assert rc == 0
+    again = json.loads(results_file.read_text())
+    for before, after in zip(merged["runs"], again["runs"]):
+        # the same images and judges: equal up to one image's flip, the stated tolerance for a rescoring
+        assert after["UA"] == pytest.approx(before["UA"], abs=1 / 110) and after["rescored_with"]["clip_sha256_16"]
+        base = again["base_model"]["targets"][after["target"]]
+        assert after["clip_removal_accuracy_base"] == base["clip_removal_accuracy"]
+        assert after["erase_wall_seconds"] == before["erase_wall_seconds"]  # what judges do not decide is kept
+    again["runs"][0]["artifact_sha256_16"] = "0" * 16  # a results file that does not match its answer sets
+    results_file.write_text(json.dumps(again))
+    with pytest.raises(SystemExit, match="was drawn by weights"):
+        main(["--rescore", "--work", str(tmp_path / "work"), "--results-file", str(results_file), "--device", "cpu"])

@@ -63,7 +63,7 @@ class CellAccuracy(_CellMetric):
 
     def __init__(self, rows: int, cols: int, **kwargs):
         super().__init__(rows, cols, **kwargs)
-        for name in ("total", "style_correct", "object_correct"):
+        for name in ("total", "style_correct", "object_correct", "both_correct"):
             self.add_state(name, default=self._grid(), dist_reduce_fx="sum")
 
     def update(self, theme_pred: torch.Tensor, object_pred: torch.Tensor, themes: torch.Tensor,
@@ -75,8 +75,11 @@ class CellAccuracy(_CellMetric):
                              f"for {len(cell)} images")
         rows = torch.div(cell, self.cols, rounding_mode="floor")
         self.total += self._count(cell)
-        self.style_correct += self._count(cell, theme_pred.to(cell.device).long() == rows)
-        self.object_correct += self._count(cell, object_pred.to(cell.device).long() == cell % self.cols)
+        style_ok = theme_pred.to(cell.device).long() == rows
+        object_ok = object_pred.to(cell.device).long() == cell % self.cols
+        self.style_correct += self._count(cell, style_ok)
+        self.object_correct += self._count(cell, object_ok)
+        self.both_correct += self._count(cell, style_ok & object_ok)
 
     def compute(self) -> dict[str, torch.Tensor]:
         per_theme, per_object = self.total.sum(1), self.total.sum(0)
@@ -86,6 +89,11 @@ class CellAccuracy(_CellMetric):
     def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(total, style_correct, object_correct) per cell, summed over processes, as int64 arrays."""
         return tuple(t.numpy() for t in self.synced("total", "style_correct", "object_correct"))
+
+    def both_share(self) -> float:
+        """Share of images whose style and object are both right (the judge agrees with the whole prompt)."""
+        total, both = self.synced("total", "both_correct")
+        return float(both.sum().double() / total.sum().clamp(min=1))
 
 
 class CellMean(_CellMetric):

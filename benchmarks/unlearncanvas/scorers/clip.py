@@ -16,6 +16,7 @@ generated from. Its per-image results feed ``scorers.cells.CellAccuracy`` and ``
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +32,14 @@ def _openai_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
     import open_clip  # heavy; only the CLIP judges need it
 
     return tuple(open_clip.OPENAI_DATASET_MEAN), tuple(open_clip.OPENAI_DATASET_STD)
+
+
+def describe_tower(vision_cfg: dict) -> str:
+    """'ResNet (1, 1, 1, 1) width 16' or 'ViT width 96': the image tower of an open_clip config."""
+    layers = vision_cfg.get("layers")
+    if isinstance(layers, (list, tuple)):
+        return f"open_clip ResNet {tuple(layers)} width {vision_cfg['width']}"
+    return f"open_clip ViT width {vision_cfg['width']}"
 
 
 class ClipScorer:
@@ -58,9 +67,10 @@ class ClipScorer:
         model, cfg = load_minicanvas_clip(folder)
         pre = cfg.get("preprocess", {})
         mean, std = _openai_stats()
-        return cls(model, f"minicanvas-clip ({folder.name}, open_clip ViT {cfg['model_cfg']['vision_cfg']['width']}w)",
+        return cls(model, f"minicanvas-clip ({folder.name}, {describe_tower(cfg['model_cfg']['vision_cfg'])})",
                    cfg["model_cfg"]["vision_cfg"]["image_size"], pre.get("mean", mean), pre.get("std", std),
-                   open_clip.tokenize, device, cfg.get("held_out"))
+                   partial(open_clip.tokenize, context_length=cfg["model_cfg"]["text_cfg"]["context_length"]),
+                   device, cfg.get("held_out"))
 
     @classmethod
     def from_open_clip(cls, arch: str, pretrained: str | None, device: str | torch.device = "cpu") -> "ClipScorer":

@@ -17,9 +17,12 @@ from erase.concepts import MINICANVAS, UNLEARNCANVAS
 from tests.benchmarks.unlearncanvas.scorers.test_clip import register_tiny_open_clip
 
 KEYS = ["schema", "label", "domain", "model", "targets", "summary", "answer_set", "classifier", "accuracy", "clip",
-        "fid", "robustness", "efficiency", "hardware", "torch", "seconds"]  # results.json keys, in order
+        "fid", "robustness", "efficiency", "comparable", "hardware", "torch", "seconds"]  # results.json keys, in order
 ROW_KEYS = ["target", "kind", "UA", "IRA", "CRA", "forget_images", "retain_images", "clip_removal_accuracy",
-            "clip_score_retained", "clip_score_forget", "fid", "fid_generated", "fid_reference"]
+            "clip_score_retained", "clip_score_forget", "fid", "fid_generated", "fid_reference",
+            "UA_base", "UA_change", "clip_removal_accuracy_base", "clip_removal_accuracy_change",
+            "clip_score_retained_base", "clip_score_retained_change", "clip_score_forget_base",
+            "clip_score_forget_change"]
 
 
 def test_evaluate_a_pipeline_in_memory(tiny_eval):

@@ -76,8 +76,9 @@ def test_summarize_means_per_kind_and_fid():
             {"kind": "style", "UA": 0.0, "IRA": 0.5, "CRA": 0.75, "fid": 4.0},
             {"kind": "object", "UA": 0.5, "IRA": 1.0, "CRA": 1.0}]
     s = summarize(rows)  # exact: means of binary fractions
-    assert s["style"] == {"UA": 0.5, "IRA": 0.5, "CRA": 0.5, "targets": 2}  # CLIP only when every row has it
-    assert s["object"]["targets"] == 1 and s["fid"] == 3.0
+    # CLIP only when every row has it; FID per kind (never one mean weighting styles against objects)
+    assert s["style"] == {"UA": 0.5, "IRA": 0.5, "CRA": 0.5, "fid": 3.0, "targets": 2}
+    assert s["object"] == {"UA": 0.5, "IRA": 1.0, "CRA": 1.0, "targets": 1} and "fid" not in s
 
 
 def _write_record(folder, cost):

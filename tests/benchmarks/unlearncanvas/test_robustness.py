@@ -95,13 +95,14 @@ def test_eval_attack_writes_robustness_and_examples_and_a_rerun_keeps_them(tmp_p
     shutil.copytree(out, other)
     changed = json.loads((other / "results.json").read_text())
     changed["robustness"]["config"]["timesteps"] = 3
-    changed["label"] = "other"
+    changed["comparable"]["attack"]["config"]["timesteps"] = 3  # the record merge compares
+    changed["label"], changed["model"]["key"] = "other", "another-model"
     (other / "results.json").write_text(json.dumps(changed))
-    assert main(["merge", str(out), "--out", str(tmp_path / "board")]) == 0
+    assert main(["merge", str(out), "--out", str(tmp_path / "board"), "--allow-subset"]) == 0
     board = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
     assert board["rows"][0]["St. ASR"] == 100 * row["asr"] and board["rows"][0]["Obj. ASR"] is None
-    assert main(["merge", str(out), str(other), "--out", str(tmp_path / "mixed")]) == 2
-    assert "different attacks or budgets" in capsys.readouterr().err
+    assert main(["merge", str(out), str(other), "--out", str(tmp_path / "mixed"), "--allow-subset"]) == 2
+    assert "attack settings differ" in capsys.readouterr().err
 
 
 def test_the_real_world_path_drives_the_unlearncanvas_vit_judges_with_a_prefix(tmp_path, tiny_pipe):

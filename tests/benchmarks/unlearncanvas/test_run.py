@@ -13,7 +13,7 @@ from benchmarks.unlearncanvas.judges import load_classifier, load_judges
 from benchmarks.unlearncanvas.run import build_parser, config_from_args, main
 from erase.artifacts import EraseRecord, read_record, save_artifact
 from erase.concepts import UNLEARNCANVAS
-from erase.provenance import module_sha256
+from erase.provenance import folder_hash, module_sha256, relative_path
 from tests.benchmarks.unlearncanvas.scorers.test_classifier import _vit_checkpoint
 
 CPU = ["--device", "cpu", "--no-progress"]
@@ -45,9 +45,11 @@ def test_every_option_reaches_the_config():
         "--clip", "cl", "--clip-model", "ViT-B-32", "--clip-pretrained", "w", "--no-clip", "--dataset", "d",
         "--inception-weights", "i.pth", "--no-fid", "--device", "cpu", "--no-progress", "--attack", "soft",
         "--attack-tokens", "2", "--attack-insertion", "prefix", "--attack-timesteps", "4", "--attack-steps", "5",
-        "--attack-prompts", "6"])
+        "--attack-prompts", "6", "--themes", "Monet", "Van Gogh", "--objects", "Dogs", "Cats", "--no-baseline",
+        "--baseline-cache", "bc"])
     assert config_from_args(args) == EvalConfig(
-        domain="unlearncanvas", targets=["Dogs", "Monet"], seeds=[1, 2], steps=3, guidance=2.5, size=64, batch_size=8,
+        domain="unlearncanvas", targets=["Dogs", "Monet"], seeds=[1, 2], themes=["Monet", "Van Gogh"],
+        objects=["Dogs", "Cats"], baseline=False, baseline_cache="bc", steps=3, guidance=2.5, size=64, batch_size=8,
         ext="png", photo_phrase="Seed Images", out="o", answer_dir="a", label="x", grid_seed=2, classifier="c",
         style_classifier="s.pth", object_classifier="o.pth", classifier_arch="vit_tiny_patch16_224", use_clip=False,
         clip_dir="cl", clip_model="ViT-B-32", clip_pretrained="w", use_fid=False, dataset="d",
@@ -173,7 +175,10 @@ def test_erased_artifact_gives_target_label_efficiency_and_keys_its_answer_set(t
     assert "Loading" not in err  # --no-progress silences the libraries' loading bars too
     res = json.loads((out / "results.json").read_text())
     assert res["label"] == "esd" and [t["target"] for t in res["targets"]] == ["Fire"]
-    assert res["model"]["artifact"] and res["model"]["base"] == str(tiny_sd_dir)
+    # paths relative to the working directory, the model named by content
+    assert res["model"]["artifact"] == relative_path(tmp_path / "art") and not res["model"]["artifact"].startswith("/")
+    assert res["model"]["base"] == relative_path(tiny_sd_dir)
+    assert res["model"]["key"] == f"tiny-sd@{folder_hash(tiny_sd_dir)}+artifact@{folder_hash(tmp_path / 'art')}"
     e = res["efficiency"]
     assert e["time_s"] == 42.0 and e["memory_gb"] == 1.5 and 0 < e["storage_bytes"] < 10_000_000
     assert res["fid"] is None and res["clip"] is None
@@ -198,7 +203,7 @@ def test_erased_artifact_gives_target_label_efficiency_and_keys_its_answer_set(t
 
 
 def test_merge_subcommand_is_the_leaderboard(tiny_eval, tmp_path, capsys):
-    rc, stdout, err = run_cli(["merge", tiny_eval.out, "--out", tmp_path / "lb"], capsys)
+    rc, stdout, err = run_cli(["merge", tiny_eval.out, "--out", tmp_path / "lb", "--allow-subset"], capsys)
     assert rc == 0, err
     assert "| base |" in stdout and (tmp_path / "lb" / "leaderboard.png").is_file()
 

@@ -33,19 +33,20 @@ def register_tiny_open_clip(folder) -> str:
 def test_shipped_clip_is_small_and_zero_shot_accurate_on_fresh_renders():
     assert (MINICANVAS_CLIP_DIR / CLIP_WEIGHTS).stat().st_size <= 20 * 2**20
     cfg = json.loads((MINICANVAS_CLIP_DIR / CLIP_CONFIG).read_text())
-    assert cfg["model_cfg"]["text_cfg"]["context_length"] == 77 and cfg["model_cfg"]["text_cfg"]["vocab_size"] == 49408
+    assert cfg["model_cfg"]["text_cfg"]["vocab_size"] == 49408  # open_clip's BPE ids, tokenized to its context
+    assert cfg["held_out"]["zero_shot_style_accuracy"] >= 0.97 and cfg["held_out"]["zero_shot_object_accuracy"] >= 0.97
     scorer = ClipScorer.from_minicanvas()
     x, ys, yo = render_tensors(per_cell=2, seed=515151)
     emb = scorer.encode_images(x)
     ps, po = scorer.zero_shot(emb, MINICANVAS)
     style_acc, object_acc = (ps == ys).float().mean().item(), (po == yo).float().mean().item()
-    assert style_acc >= 0.95 and object_acc >= 0.6, (style_acc, object_acc)  # config: held-out 1.0 / 0.69
+    assert style_acc >= 0.95 and object_acc >= 0.95, (style_acc, object_acc)  # config: held-out 1.0 / 0.999
     # an image scores higher with its own caption than with another object's caption
     own = scorer.encode_texts([MINICANVAS.prompt(MINICANVAS.themes[int(t)], MINICANVAS.objects[int(o)])
                                for t, o in zip(ys, yo)])
     other = scorer.encode_texts([MINICANVAS.prompt(MINICANVAS.themes[int(t)], MINICANVAS.objects[(int(o) + 3) % 10])
                                  for t, o in zip(ys, yo)])
-    assert (ClipScorer.clip_score(emb, own) > ClipScorer.clip_score(emb, other)).float().mean() > 0.8
+    assert (ClipScorer.clip_score(emb, own) > ClipScorer.clip_score(emb, other)).float().mean() > 0.9
     # the grid embeddings given once give the same assignment as computing them per call
     again = scorer.zero_shot(emb, MINICANVAS, grid_text=scorer.grid_texts(MINICANVAS))
     assert torch.equal(again[0], ps) and torch.equal(again[1], po)
