@@ -113,5 +113,16 @@ def describe(source: str, key: dict[str, Any], cache: str | Path | None) -> dict
     """The ``clip.baseline`` entry of results.json: where the base figures came from."""
     out = {"source": source, "model": key["model"]}
     if cache is not None:
-        out["cache"] = relative_path(_cache_file(Path(cache), key))
+        out["cache"] = _shown(_cache_file(Path(cache), key))
     return out
+
+
+def _shown(path: Path) -> str:
+    """A cache file as a result file may name it: relative to the working directory when inside it, else
+    from ``~``, else by its name alone (never a folder of this machine)."""
+    path = path.absolute()
+    if path.is_relative_to(Path.cwd()):
+        return relative_path(path)
+    if path.is_relative_to(Path.home()):
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    return path.name
