@@ -1,12 +1,14 @@
-"""erase-playground: type a prompt, see the base model and an erased model side by side.
+"""erase-playground: see, judge and attack an erasure in the browser.
 
-The base pipeline is loaded once; each erased artifact gets its own copy of only the
-components it changed (``erase.loading.erased_copy``: strict and hash-checked), the rest
-is shared, so comparing a Stable Diffusion 1.5 erasure costs one extra UNet, not a second
-pipeline. Both images of a pair come from the same seed, so every difference is the erasure.
+One prompt, a few seeds: the base model's row and one row per erased model, every image with the
+judges' verdicts (classifier top-1 per axis, CLIP's assignment, the erased concept's probability
+beside the base's); an attack button that runs UnlearnDiffAtk on the prompt against the chosen
+erased model within a time budget the page cannot raise; a leaderboard tab of the ``results.json``
+files named at launch. The computing is in ``app.engine``; this module is the page and its command.
 
     erase-playground --artifact erased/esd-candy                  # http://127.0.0.1:7860
-    erase-playground --artifact a --artifact b --host 0.0.0.0     # listen beyond this machine only when told
+    erase-playground --artifact a --artifact b --results outputs/uc-*/results.json
+    erase-playground --artifact a --host 0.0.0.0                  # listen beyond this machine only when told
 """
 
 from __future__ import annotations
@@ -15,22 +17,22 @@ import argparse
 import errno
 import socket
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from app.engine import BASE, Bounds, Grid, Playground
+from benchmarks.unlearncanvas.config import EvalConfig
+from benchmarks.unlearncanvas.leaderboard import leaderboard_markdown, leaderboard_plot, leaderboard_rows, load_results
 from benchmarks.unlearncanvas.protocol import SAMPLER_DEFAULTS
-from erase.artifacts import ArtifactError, EraseRecord, read_record
+from erase.artifacts import ArtifactError
 from erase.concepts import find_domain
-from erase.loading import base_id, erased_copy
-from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, ModelLoadError, generate, load_pipeline
+from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, ModelLoadError
+from pipelines.weights import CheckpointError
 
 DISPLAY_SIZE = 256  # the embedded model draws 32 px; show it large enough to see, without smoothing
-MAX_STEPS = 200
 
 
 class PortError(ValueError):
@@ -75,47 +77,6 @@ def example_prompts(concept: str, kind: str) -> list[str]:
     return [domain.prompt(style, name), domain.prompt(domain.photo_theme, name), domain.prompt(style, others[0])]
 
 
-class Playground:
-    """A base pipeline and the erased pipelines built on it, keyed by a label per artifact."""
-
-    def __init__(self, model: str | None, artifacts: Sequence[str | Path], device: str | None = None,
-                 base: StableDiffusionPipeline | None = None):
-        """``base``: an already loaded base pipeline to build on (it is shared, never changed)."""
-        if not artifacts:
-            raise ArtifactError("give at least one --artifact folder made by erase-concept")
-        records = [read_record(a) for a in artifacts]
-        # the base the first artifact was made from, unless named
-        self.base = base if base is not None else load_pipeline(base_id(records[0], model))
-        self.erased: dict[str, StableDiffusionPipeline] = {}
-        self.metadata: dict[str, EraseRecord] = {}
-        for folder, record in zip(artifacts, records):
-            label = f"{record.method}: {record.concept} ({Path(folder).name})"
-            self.erased[label] = erased_copy(self.base, folder)  # ArtifactError when a component is missing or differs
-            self.metadata[label] = record
-        if device is not None:
-            for pipe in (self.base, *self.erased.values()):
-                pipe.to(device)
-
-    def compare(self, prompt: str, label: str, seed: int, steps: int, guidance: float
-                ) -> tuple[Image.Image, Image.Image, str]:
-        """(original, erased, caption) for one prompt, both drawn from the same seed."""
-        prompt = (prompt or "").strip()
-        if not prompt:
-            raise ValueError("type a prompt first")
-        if label not in self.erased:
-            raise ValueError(f"unknown erased model {label!r}")
-        steps = int(steps)
-        if not 1 <= steps <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}")
-        seed = int(seed)
-        images = [generate(pipe, [prompt], [seed], steps=steps, guidance_scale=float(guidance), batch_size=1)[0]
-                  for pipe in (self.base, self.erased[label])]
-        record = self.metadata[label]
-        caption = (f"seed {seed}, {steps} DDIM steps, guidance {guidance:g}; erased: {record.method} on "
-                   f"{record.concept!r} ({record.kind}), base {record.base_model.get('id')}")
-        return _display(images[0]), _display(images[1]), caption
-
-
 def _display(image: np.ndarray) -> Image.Image:
     pil = Image.fromarray(image)
     if pil.width < DISPLAY_SIZE:
@@ -124,37 +85,110 @@ def _display(image: np.ndarray) -> Image.Image:
     return pil
 
 
-def build_app(playground: Playground, default_steps: int = 25, default_guidance: float = 5.0):
-    """The Gradio page; returned unlaunched so tests and notebooks can use it."""
+def grid_view(grid: Grid) -> tuple[list[tuple[Image.Image, str]], str]:
+    """Gallery items (image, caption: model, seed, verdict) row by row, and the verdict table in Markdown."""
+    items, lines = [], []
+    seeds = " | ".join(f"seed {s}" for s in grid.seeds)
+    lines += [f"| model | {seeds} |", "|---" * (len(grid.seeds) + 1) + "|"]
+    base_verdicts = grid.verdicts.get(BASE)
+    for label in grid.rows:
+        verdicts = grid.verdicts.get(label)
+        cells = []
+        for j, (seed, image) in enumerate(zip(grid.seeds, grid.images[label])):
+            verdict = verdicts[j].text(None if label == BASE else base_verdicts[j]) if verdicts else ""
+            items.append((_display(image), f"{label}, seed {seed}: {verdict.replace('**', '')}"))
+            cells.append(verdict)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    notices = "".join(f"\n\n**Note:** {n}" for n in grid.notices)
+    return items, "\n".join(lines) + notices
+
+
+def leaderboard_view(paths: Sequence[str]) -> tuple[str, Image.Image | None]:
+    """The merge table and plot of the results named at launch (never paths from the browser)."""
+    if not paths:
+        return "No results given: start with `--results outputs/uc-*/results.json` to see the leaderboard here.", None
+    results = load_results(paths, allow_subset=True)
+    rows = leaderboard_rows(results)
+    return leaderboard_markdown(rows, results), leaderboard_plot(rows)
+
+
+def build_app(playground: Playground, default_steps: int = 25, default_guidance: float = 5.0,
+              results: Sequence[str] = (), max_queue: int = 64):
+    """The Gradio page; returned unlaunched (with its queue set) so tests and notebooks can use it."""
     import gradio as gr
 
     labels = list(playground.erased)
     first = playground.metadata[labels[0]]
     examples = example_prompts(first.concept, first.kind)
+    bounds = playground.bounds
+    board_md, board_plot = leaderboard_view(results)
 
-    def run(prompt, label, seed, steps, guidance):
+    def run_grid(prompt, seed, count, steps, guidance):
         try:
-            return playground.compare(prompt, label, seed, steps, guidance)
+            grid = playground.grid(prompt, seed, count, steps, guidance)
         except ValueError as err:
             raise gr.Error(str(err)) from None
+        return grid_view(grid)
+
+    def run_attack(prompt, label, seed, steps, guidance, progress=gr.Progress()):
+        try:
+            res = playground.attack(prompt, label, seed, steps, guidance,
+                                    progress=lambda done, text: progress(done, desc=text))
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        verdict = "**the concept is back**" if res.success_after and not res.success_before else (
+            "the erased model drew it without the attack" if res.success_before else "the attack failed")
+        items = [(_display(res.images[k]), f"{k}: {res.verdicts[k].text().replace('**', '')}")
+                 for k in ("base", "erased", "attacked")]
+        text = (f"{verdict} ({res.seconds:.0f} s of a {bounds.attack_seconds:.0f} s budget; seed {res.seed})\n\n"
+                f"adversarial tokens: ids `{res.token_ids}`, text `{res.tokens_text}`\n\n"
+                f"adversarial prompt: `{res.adversarial_prompt}` (the ids are what the attack found: the text, "
+                f"typed again, may tokenize otherwise)")
+        return items, text, res.adversarial_prompt
 
     with gr.Blocks(title="erase playground") as demo:
-        gr.Markdown("## erase playground\nThe same prompt and seed through the base model and an erased one.")
-        prompt = gr.Textbox(label="Prompt", value=examples[0])
-        with gr.Row():
-            label = gr.Dropdown(choices=labels, value=labels[0], label="Erased model")
-            seed = gr.Number(value=188, precision=0, label="Seed")
-            steps = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="DDIM steps")
-            guidance = gr.Slider(1.0, 15.0, value=default_guidance, step=0.5, label="Guidance scale")
-        button = gr.Button("Generate", variant="primary")
-        with gr.Row():
-            original = gr.Image(label="Original", type="pil")
-            erased = gr.Image(label="Erased", type="pil")
-        caption = gr.Markdown()
-        gr.Examples(examples=[[p] for p in examples], inputs=[prompt])
-        inputs, outputs = [prompt, label, seed, steps, guidance], [original, erased, caption]
-        button.click(run, inputs, outputs, concurrency_limit=1)
-        prompt.submit(run, inputs, outputs, concurrency_limit=1)
+        gr.Markdown("## erase playground\nOne prompt, the same seeds through the base model and every erased "
+                    "model; the judges' verdicts under each image; an attack that tries to bring the concept back."
+                    + (f"\n\n*{playground.judge_note}*" if playground.judge_note else ""))
+        with gr.Tab("Compare and attack"):
+            prompt = gr.Textbox(label="Prompt", value=examples[0], max_lines=3, elem_id="prompt")
+            with gr.Row():
+                seed = gr.Number(value=188, precision=0, label="First seed")
+                count = gr.Slider(1, bounds.max_seeds, value=min(4, bounds.max_seeds), step=1, label="Seeds")
+                steps = gr.Slider(1, bounds.max_steps, value=min(default_steps, bounds.max_steps), step=1,
+                                  label="DDIM steps")
+                guidance = gr.Slider(bounds.min_guidance, bounds.max_guidance, value=default_guidance, step=0.5,
+                                     label="Guidance scale")
+            generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+            gallery = gr.Gallery(label="Rows: base, then each erased model; columns: seeds", columns=4,
+                                 elem_id="grid", object_fit="contain", format="png")
+            table = gr.Markdown(elem_id="verdicts")
+            gr.Examples(examples=[[p] for p in examples], inputs=[prompt])
+            gr.Markdown(f"### Attack\nUnlearnDiffAtk on this prompt and the first seed against one erased model, "
+                        f"at most {bounds.attack_seconds:.0f} s (set at launch).")
+            with gr.Row():
+                label = gr.Dropdown(choices=labels, value=labels[0], label="Erased model to attack")
+                attack_button = gr.Button("Attack", elem_id="attack")
+                use_button = gr.Button("Use the adversarial prompt", elem_id="use-adversarial")
+            attack_gallery = gr.Gallery(label="base | erased | attacked", columns=3, elem_id="attack-images",
+                                        format="png")
+            attack_text = gr.Markdown(elem_id="attack-result")
+            adversarial = gr.State("")
+        with gr.Tab("Leaderboard", elem_id="leaderboard-tab"):
+            gr.Markdown(board_md, elem_id="leaderboard")
+            if board_plot is not None:
+                gr.Image(board_plot, label="UA / IRA / CRA, CLIP removal and ASR per method", type="pil")
+        grid_inputs = [prompt, seed, count, steps, guidance]
+        # one model call at a time (the models share weights and the CPU); the rest wait in the queue
+        generate_button.click(run_grid, grid_inputs, [gallery, table], concurrency_limit=1,
+                              concurrency_id="models", api_name="grid")
+        prompt.submit(run_grid, grid_inputs, [gallery, table], concurrency_limit=1, concurrency_id="models",
+                      api_name=False)
+        attack_button.click(run_attack, [prompt, label, seed, steps, guidance],
+                            [attack_gallery, attack_text, adversarial], concurrency_limit=1,
+                            concurrency_id="models", api_name="attack")
+        use_button.click(lambda text, current: text or current, [adversarial, prompt], [prompt])
+    demo.queue(max_size=max_queue, default_concurrency_limit=1)
     return demo
 
 
@@ -166,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="e.g. cuda; default cpu")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="1 .. 65535, free (default 7860)")
+    p.add_argument("--results", nargs="+", default=[], help="results.json files or folders for the leaderboard tab")
+    p.add_argument("--attack-seconds", type=float, default=Bounds.attack_seconds,
+                   help=f"time budget of one attack (default {Bounds.attack_seconds:g}; 1 .. 600)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting at most (default 64)")
+    g = p.add_argument_group("judges (as unlearncanvas-eval; default: the shipped MiniCanvas ones)")
+    g.add_argument("--style-classifier", help="UnlearnCanvas style50.pth")
+    g.add_argument("--object-classifier", help="UnlearnCanvas style50_cls.pth")
+    g.add_argument("--clip-model", help="open_clip architecture, e.g. ViT-L-14")
+    g.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file")
     return p
 
 
@@ -173,16 +216,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check_port(args.host, args.port)
-        playground = Playground(args.model, args.artifact, args.device)
-    except (ArtifactError, ModelLoadError, PortError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not 1 <= args.attack_seconds <= 600 or not 1 <= args.max_queue <= 10_000:
+            raise ValueError("--attack-seconds must be 1 .. 600 and --max-queue 1 .. 10000")
+        leaderboard_view(args.results)  # a bad results file fails here, with one line, before any model loads
+        judges = None
+        if args.style_classifier or args.object_classifier or args.clip_model:
+            judges = EvalConfig(domain="unlearncanvas", style_classifier=args.style_classifier,
+                                object_classifier=args.object_classifier, clip_model=args.clip_model,
+                                clip_pretrained=args.clip_pretrained, use_clip=bool(args.clip_model), use_fid=False)
+        playground = Playground(args.model, args.artifact, args.device, judges=judges,
+                                bounds=Bounds(attack_seconds=args.attack_seconds))
+    except (ArtifactError, ModelLoadError, PortError, CheckpointError, ValueError) as err:
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
     embedded = all(r.base_model.get("id") == EMBEDDED_MODEL_NAME for r in playground.metadata.values())
     steps, guidance = SAMPLER_DEFAULTS["minicanvas" if embedded else "unlearncanvas"]
     if torch.cuda.is_available() and args.device is None:
         print("note: running on the CPU; pass --device cuda to use the GPU", file=sys.stderr)
     try:
-        build_app(playground, steps, guidance).launch(server_name=args.host, server_port=args.port)
+        build_app(playground, steps, guidance, args.results, args.max_queue).launch(
+            server_name=args.host, server_port=args.port, share=False)
     except OSError as err:  # the port was taken between the check and the launch
         print(f"error: cannot listen on {args.host}:{args.port}: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -4,14 +4,18 @@ Building or loading a pipeline costs about a second, so each is built once per s
 ``tiny_pipe`` (random tiny SD 1.x components), ``tiny_sd_dir`` (the same saved as a user's model
 folder, read-only by convention) and ``embedded_pipe`` (the shipped minicanvas-sd). A test that
 changes a pipeline's weights takes ``fresh_tiny_pipe`` / ``fresh_embedded_pipe``, deep copies.
+``minicanvas_judges`` (the embedded world's judges) and ``tiny_eval`` (one evaluation of the tiny
+pipeline) serve the benchmark and app tests; tests read them and never write into their folders.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,6 +30,8 @@ from PIL import Image
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from benchmarks.unlearncanvas.evaluate import EvalConfig, Results, evaluate
+from benchmarks.unlearncanvas.judges import load_judges
 from erase.concepts import UNLEARNCANVAS
 from pipelines.stable_diffusion import load_pipeline
 from pipelines.tokenizer import build_clip_tokenizer
@@ -127,3 +133,31 @@ def fake_unlearncanvas(tmp_path_factory) -> Path:
             for i, source in sources.items():
                 os.link(source, folder / f"{i}.png")
     return root
+
+
+# --------------------------------------------------------------------------- evaluations (benchmarks and app tests)
+@pytest.fixture(scope="session")
+def minicanvas_judges():
+    """The embedded world's judges (shipped classifier and CLIP, rendered reference set), loaded once."""
+    with load_judges(EvalConfig(device="cpu")) as judges:
+        yield judges
+
+
+class TinyEval(NamedTuple):
+    results: Results
+    out: Path
+    config: EvalConfig
+
+    def rerun_config(self, out: Path) -> EvalConfig:
+        """The same settings, reports to ``out``, the same answer set (resumed, not drawn again)."""
+        return dataclasses.replace(self.config, out=out, answer_dir=self.out / "answer_set")
+
+
+@pytest.fixture(scope="session")
+def tiny_eval(tiny_pipe, minicanvas_judges, tmp_path_factory) -> TinyEval:
+    """evaluate() on the tiny pipeline: one seed (110 images), 2 DDIM steps, a style and an object target."""
+    out = tmp_path_factory.mktemp("uc-eval") / "base"
+    config = EvalConfig(targets=["Fire", "fish"], seeds=[188], steps=2, guidance=3.0, out=out, device="cpu",
+                        progress=False)  # the object spelled as a user might
+    return TinyEval(evaluate(tiny_pipe, config, judges=minicanvas_judges), out, config)
+

@@ -212,9 +212,10 @@ class Attack:
         # a sum of per-prompt means: each prompt's variables get their own, undiluted gradient
         return F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1).sum()
 
-    def run(self, before: Sequence[bool] | None = None) -> list[PromptOutcome]:
+    def run(self, before: Sequence[bool] | None = None, stop: Callable[[], bool] | None = None) -> list[PromptOutcome]:
         """Attack every prompt; ``before``: the judge's verdicts on the plain prompts' images when they are
-        already known (an evaluation's answer set holds exactly those images), else they are drawn here."""
+        already known (an evaluation's answer set holds exactly those images), else they are drawn here.
+        ``stop`` is asked after every block (e.g. a time budget ran out); prompts still open then fail."""
         resumed = self._load()
         if resumed is None:
             if before is None:
@@ -256,6 +257,8 @@ class Attack:
             self._save(state, active, var, opt)
             if self.progress is not None:
                 self.progress(state.block, len(schedule), len(self.prompts) - len(active), len(self.prompts))
+            if stop is not None and stop():
+                break
         final = None if self.kind == "soft" else var.detach().argmax(-1)
         for j, i in enumerate(active):
             state.outcomes[i] = asdict(self._outcome(i, final, j, False, state.block * per))

@@ -32,6 +32,9 @@ class StyleObjectClassifier(Protocol):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted theme and object indices for float images (N, 3, H, W) in [0, 1]."""
 
+    def predict_proba(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Theme and object probabilities (N, themes), (N, objects); the playground shows them."""
+
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """The official ``accuracy.py`` input: ``transforms.Resize((224, 224))`` on a PIL image (bilinear with
@@ -76,10 +79,15 @@ class UnlearnCanvasClassifier:
         return model.eval().to(self.device)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_proba(self, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax probabilities of both heads, (N, themes) and (N, objects), on the CPU."""
         styles, objects = [], []
         for i in range(0, len(images), batch_size):
             x = preprocess(images[i:i + batch_size].to(self.device))
-            styles.append(self.style_model(x).argmax(1).cpu())
-            objects.append(self.object_model(x).argmax(1).cpu())
+            styles.append(self.style_model(x).float().softmax(1).cpu())
+            objects.append(self.object_model(x).float().softmax(1).cpu())
         return torch.cat(styles), torch.cat(objects)
+
+    def predict(self, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        styles, objects = self.predict_proba(images, batch_size)
+        return styles.argmax(1), objects.argmax(1)
