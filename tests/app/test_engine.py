@@ -111,3 +111,27 @@ def test_an_advunlearn_text_encoder_shows_with_the_base_unet_shared(tiny_pipe, t
     grid = playground.grid(PROMPT, 5, 1, 3, 5.0)
     want = generate(load_erased_pipeline(folder), [PROMPT], [5], steps=3, guidance_scale=5.0)[0]
     assert grey_levels(grid.images[label][0], want) <= 1  # one grey level
+
+
+def test_the_unlearncanvas_world_uses_its_checkpoints_or_shows_images_only(tiny_pipe, tiny_sd_dir, tmp_path):
+    """A Van Gogh erasure is judged by the released ViT format (tiny ViTs here); without them, images only."""
+    from benchmarks.unlearncanvas.config import EvalConfig
+    from tests.benchmarks.unlearncanvas.scorers.test_classifier import _vit_checkpoint
+
+    record = EraseRecord(method="esd", method_kind="gradient", concept="Van_Gogh", concept_name="Van Gogh",
+                         kind="style", domain="unlearncanvas", config={}, preset=None,
+                         base_model={"id": str(tiny_sd_dir), "type": "diffusion"}, seed=0, trainer=None, train={},
+                         cost={})
+    save_artifact(tmp_path / "esd-van-gogh", {"unet": tiny_pipe.unet}, record, ["unet.conv_out.bias"],
+                  base_hashes={"unet": module_sha256(tiny_pipe.unet)})
+    bare = Playground(None, [tmp_path / "esd-van-gogh"], base=tiny_pipe)
+    assert bare.classifier is None and "--style-classifier" in bare.judge_note
+    assert bare.grid("A Dogs image in Van Gogh style.", 1, 1, 1, 5.0).verdicts == {}
+    _vit_checkpoint(tmp_path / "style50.pth", 51)
+    _vit_checkpoint(tmp_path / "style50_cls.pth", 20)
+    judges = EvalConfig(domain="unlearncanvas", style_classifier=tmp_path / "style50.pth",
+                        object_classifier=tmp_path / "style50_cls.pth", classifier_arch="vit_tiny_patch16_224",
+                        use_clip=False, use_fid=False)
+    judged = Playground(None, [tmp_path / "esd-van-gogh"], base=tiny_pipe, judges=judges)
+    (verdict,) = judged.grid("A Dogs image in Van Gogh style.", 1, 1, 1, 5.0).verdicts[BASE]
+    assert verdict.concept == "Van_Gogh" and 0 <= verdict.concept_p <= 1 and verdict.clip is None

@@ -229,6 +229,8 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         assert shot.stat().st_size > 10_000
         tab = next(b for b in browser.find_elements(By.CSS_SELECTOR, "button[role='tab']") if "Leaderboard" in b.text)
         tab.click()
-        wait.until(lambda b: "| base |" in b.page_source or "St. UA" in b.find_element(By.ID, "leaderboard").text)
+        wait.until(lambda b: b.find_element(By.ID, "leaderboard").is_displayed()
+                   and "St. UA" in b.find_element(By.ID, "leaderboard").text)
+        assert "base" in browser.find_element(By.ID, "leaderboard").text
     finally:
         browser.quit()
