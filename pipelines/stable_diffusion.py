@@ -143,22 +143,28 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     return pipe
 
 
+DECODE_BATCH = 8  # images per VAE decode call in ``generate``
+
+
 @torch.no_grad()
 def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str] | None, seeds: Sequence[int], steps: int = 50,
              guidance_scale: float = 7.5, batch_size: int = 16, size: int | None = None,
-             negative_prompt: str = "", eta: float = 0.0, prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
+             negative_prompt: str = "", eta: float = 0.0, prompt_embeds: torch.Tensor | None = None,
+             decode_batch: int = DECODE_BATCH) -> np.ndarray:
     """Images (N, H, W, 3) uint8, image i drawn from ``prompts[i]`` with a generator seeded ``seeds[i]``.
 
     ``prompt_embeds`` (N, 77, D) replaces ``prompts`` (e.g. token ids an attack chose, encoded without
-    re-tokenising); the negative prompt is still encoded by the pipeline's own text encoder.
+    re-tokenising); the negative prompt is still encoded by the pipeline's own text encoder. The UNet
+    runs ``batch_size`` images at a time, the VAE decodes ``decode_batch`` at a time: at 512 px decoding
+    takes about 0.7 GB per image in float32, so a batch of 64 decoded at once would need about 46 GB.
     """
     count = len(prompt_embeds) if prompt_embeds is not None else len(prompts or [])
     if count != len(seeds):
         raise ValueError(f"{count} prompts but {len(seeds)} seeds")
     if steps < 1 or steps > 1000:
         raise ValueError(f"steps must be between 1 and 1000, got {steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
+    if batch_size < 1 or decode_batch < 1:
+        raise ValueError(f"batch sizes must be positive, got {batch_size} and decode batch {decode_batch}")
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
     gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
     out = []
@@ -167,8 +173,11 @@ def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str] | None, seeds
         text = {"prompt_embeds": prompt_embeds[i:i + n].to(pipe.device, pipe.unet.dtype)} \
             if prompt_embeds is not None else {"prompt": list(prompts[i:i + n])}
         generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[i:i + n]]
-        result = pipe(**text, negative_prompt=[negative_prompt] * n, num_inference_steps=steps,
-                      guidance_scale=guidance_scale, generator=generators, height=size, width=size, eta=eta,
-                      output_type="np")
-        out.append((np.clip(result.images, 0, 1) * 255 + 0.5).astype(np.uint8))
+        latents = pipe(**text, negative_prompt=[negative_prompt] * n, num_inference_steps=steps,
+                       guidance_scale=guidance_scale, generator=generators, height=size, width=size, eta=eta,
+                       output_type="latent").images
+        for chunk in latents.split(decode_batch):  # as the pipeline decodes, a few images at a time
+            decoded = pipe.vae.decode(chunk / pipe.vae.config.scaling_factor, return_dict=False)[0]
+            images = pipe.image_processor.postprocess(decoded, output_type="np", do_denormalize=[True] * len(chunk))
+            out.append((np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8))
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)

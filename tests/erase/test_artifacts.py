@@ -45,6 +45,33 @@ def test_zero_change_artifact_reproduces_the_base_and_a_change_is_applied(tiny_s
     assert not np.array_equal(generate(erased, PROMPT, [5], steps=3), base_img)
 
 
+def test_the_readme_snippet_loads_a_partial_artifact_with_plain_diffusers(tiny_sd_dir, fresh_tiny_pipe, tmp_path):
+    """README "Erasing a concept": a user without this package loads ESD-x's partial artifact in a few lines."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = fresh_tiny_pipe
+    h = {"unet": module_sha256(pipe.unet)}
+    with torch.no_grad():
+        for n, p in pipe.unet.named_parameters():
+            if "attn2.to_k" in n:
+                p.mul_(3.0)
+    trained = [f"unet.{n}" for n, _ in pipe.unet.named_parameters() if "attn2" in n]
+    save_artifact(tmp_path / "art", {"unet": pipe.unet}, _meta(tiny_sd_dir), trained, fmt="partial", base_hashes=h)
+    # the snippet, as README gives it (the base is the tiny model's folder here)
+    plain = StableDiffusionPipeline.from_pretrained(str(tiny_sd_dir))
+    changed = load_file(tmp_path / "art" / "unet" / "changed.safetensors")
+    state = plain.unet.state_dict()
+    assert set(changed) <= set(state), "not an artifact of this base"
+    state.update(changed)
+    plain.unet.load_state_dict(state)
+    # the same UNet as load_erased_pipeline's (compared by content) and the same images
+    erased = load_erased_pipeline(tmp_path / "art")
+    assert module_sha256(plain.unet) == module_sha256(erased.unet)
+    assert len(changed) == len(trained) < len(state)
+    want, got = generate(erased, PROMPT, [5], steps=3), generate(plain, PROMPT, [5], steps=3)
+    assert np.abs(want.astype(int) - got.astype(int)).max() <= 1  # one grey level
+
+
 def test_loading_checks_tensors_and_base(tiny_sd_dir, tiny_pipe, tmp_path):
     pipe = tiny_pipe
     trained = [f"unet.{n}" for n, _ in pipe.unet.named_parameters() if "attn2" in n]
