@@ -60,15 +60,18 @@ class Verdict:
     clip: str | None
     concept: str | None
     concept_p: float | None
+    probabilities: dict[str, float] = field(default_factory=dict, repr=False)  # every theme and object
 
     def text(self, base: "Verdict | None" = None) -> str:
+        """'Neon 1.00 · Fish 0.89 · CLIP: Neon/Fish · **Candy 0.00 (base 1.00)**': the base image's
+        probability of this row's concept (not of the base row's own), so each erased row reads alone."""
         words = [f"{self.style} {self.style_p:.2f}", f"{self.obj} {self.obj_p:.2f}"]
         if self.clip:
             words.append(f"CLIP: {self.clip}")
         if self.concept is not None:
             mark = f"{self.concept} {self.concept_p:.2f}"
-            if base is not None and base.concept_p is not None:
-                mark += f" (base {base.concept_p:.2f})"
+            if base is not None and self.concept in base.probabilities:
+                mark += f" (base {base.probabilities[self.concept]:.2f})"
             words.append(f"**{mark}**")
         return " · ".join(words)
 
@@ -98,7 +101,6 @@ class AttackResult:
     images: dict[str, np.ndarray]  # base, erased, attacked
     verdicts: dict[str, Verdict]
     seconds: float
-    blocks: int
 
 
 class Playground:
@@ -189,18 +191,15 @@ class Playground:
         if self.clip is not None:
             ps, po = self.clip.zero_shot(self.clip.encode_images(x), self.domain, grid_text=self._grid_text)
             clip = [f"{self.domain.themes[s]}/{self.domain.objects[o]}" for s, o in zip(ps.tolist(), po.tolist())]
-        kind = self.domain.concept_kind(concept) if concept else None
+        name = self.domain.canonical(concept) if concept else None
         out = []
         for i in range(len(images)):
             s, o = int(styles[i].argmax()), int(objects[i].argmax())
-            concept_p = None
-            if kind == "style":
-                concept_p = float(styles[i, self.domain.themes.index(self.domain.canonical(concept))])
-            elif kind == "object":
-                concept_p = float(objects[i, self.domain.objects.index(self.domain.canonical(concept))])
+            probabilities = {**dict(zip(self.domain.themes, styles[i].tolist())),
+                             **dict(zip(self.domain.objects, objects[i].tolist()))}
             out.append(Verdict(self.domain.themes[s], float(styles[i, s]), self.domain.objects[o],
-                               float(objects[i, o]), clip[i] if clip else None,
-                               self.domain.canonical(concept) if concept else None, concept_p))
+                               float(objects[i, o]), clip[i] if clip else None, name,
+                               probabilities[name] if name else None, probabilities))
         return out
 
     # ------------------------------------------------------------------ the grid
@@ -269,5 +268,4 @@ class Playground:
         text = outcome.tokens_text or ""
         adversarial = f"{prompt[:at[0]]}{text} {prompt[at[0]:]}".strip() if text else prompt
         return AttackResult(label, prompt, seed, outcome.success_before, outcome.success_after, ids, text,
-                            adversarial, images, verdicts, round(time.monotonic() - t0, 1),
-                            (outcome.steps or 0) // config.steps_per_timestep)
+                            adversarial, images, verdicts, round(time.monotonic() - t0, 1))

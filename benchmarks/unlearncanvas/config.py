@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.unlearncanvas.answer_set import read_manifest
 from benchmarks.unlearncanvas.protocol import ATTACK_DEFAULTS, SAMPLER_DEFAULTS
 from erase.attacks.unlearndiffatk import KINDS, AttackConfig
 from erase.concepts import DOMAINS, Domain
@@ -85,6 +86,11 @@ class EvalConfig:
         if list(self.seeds) != list(domain.seeds):
             out["seeds"] = list(self.seeds)
         return out or None
+
+    def answer_manifest(self) -> dict | None:
+        """The ``answer_set.json`` of the folder this config scores (``answer_dir``, else ``<out>/answer_set``)."""
+        folder = self.answer_dir or (Path(self.out) / "answer_set" if self.out is not None else None)
+        return read_manifest(folder) if folder is not None else None
 
     def from_manifest(self, manifest: dict | None) -> "EvalConfig":
         """Scoring a given answer set: its sampler settings, wording and grid come from its ``answer_set.json``.

@@ -26,7 +26,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from benchmarks.unlearncanvas.answer_set import (
-    SamplerSettings, check_answer_folder, generate_answer_set, read_answer_set, read_manifest)
+    SamplerSettings, check_answer_folder, generate_answer_set, read_answer_set)
 from benchmarks.unlearncanvas.baseline import (
     add_baseline, baseline_key, compute_baseline, default_cache, describe, read_baseline, write_baseline)
 from benchmarks.unlearncanvas.config import EvalConfig, UsageError
@@ -115,8 +115,7 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
     if pipe is None:
         if model_info and model_info.get("artifact"):
             raise UsageError("scoring a given answer set loads no model; drop the artifact (name the row with a label)")
-        answer_dir = config.answer_dir or (Path(config.out) / "answer_set" if config.out is not None else None)
-        manifest = read_manifest(answer_dir) if answer_dir is not None else None
+        manifest = config.answer_manifest()
         config = config.from_manifest(manifest)
         model_info = score_only_model(manifest)
     elif model_info is None:
@@ -176,7 +175,7 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
     finally:
         if own_judges:
             judges.close()
-    scores["summary"] = summarize(scores["targets"])
+    summary = summarize(scores["targets"])  # after the base figures and ASR joined the rows
     with Image.open(answer.paths[0]) as im:
         image_size = im.size[0]
     comparable = {"domain": domain.name, "protocol": cfg.subset is None, "seeds": list(cfg.seeds),
@@ -192,7 +191,7 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
                                                              "config": robustness["config"]}}
     label = cfg.label or model_info.get("method") or "base"
     results = Results(
-        label=label, domain=domain.name, model=model_info, targets=scores["targets"], summary=scores["summary"],
+        label=label, domain=domain.name, model=model_info, targets=scores["targets"], summary=summary,
         answer_set={"folder": relative_path(cfg.answer_dir), "images": len(answer),
                     "grid": f"{len(cfg.themes)} themes (photo theme included) x {len(cfg.objects)} objects "
                             f"x {len(cfg.seeds)} seeds", "subset": cfg.subset,

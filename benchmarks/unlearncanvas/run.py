@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from benchmarks.unlearncanvas import leaderboard
-from benchmarks.unlearncanvas.answer_set import read_manifest
 from benchmarks.unlearncanvas.config import EvalConfig, UsageError
 from benchmarks.unlearncanvas.evaluate import evaluate, evaluation_device, load_model
 from benchmarks.unlearncanvas.judges import load_judges
@@ -138,8 +136,7 @@ def run(config: EvalConfig, model: str | None = None, artifact: str | None = Non
     check_threads(threads)
     concept = read_record(artifact).concept if artifact else None
     if score_only:  # the answer set's own settings, before any default fills a field
-        answer_dir = config.answer_dir or (Path(config.out) / "answer_set" if config.out is not None else None)
-        config = config.from_manifest(read_manifest(answer_dir) if answer_dir is not None else None)
+        config = config.from_manifest(config.answer_manifest())
     config = config.resolved(concept)
     accelerator, device = evaluation_device(config.device)
     with restore_threads(), load_judges(config, device) as judges:

@@ -3,8 +3,8 @@
 Each process scores its share of the answer set and of the reference set (chunks of 256 images,
 round robin); the Metrics sum their states over processes when the numbers are read, so one
 process and eight give the same counts and accuracies, and the same CLIP scores and distances up to
-the order of float64 sums. The result is the ``accuracy``/``clip``/``fid``/``targets``/``summary``
-part of ``results.json``.
+the order of float64 sums. The result is the ``accuracy``/``clip``/``fid``/``targets`` part of
+``results.json`` and the per-cell ``cells`` (``evaluate`` adds the summary once the rows are final).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from benchmarks.unlearncanvas.answer_set import AnswerSet, load_images
 from benchmarks.unlearncanvas.judges import Judges
 from benchmarks.unlearncanvas.metrics import (
-    removal_from_counts, summarize, table_from_counts, target_cells, unlearncanvas_scores)
+    removal_from_counts, table_from_counts, target_cells, unlearncanvas_scores)
 from benchmarks.unlearncanvas.scorers.cells import CellAccuracy, CellMean
 from benchmarks.unlearncanvas.scorers.fid import CELL_STATE_BUDGET, CellFrechetDistance
 from erase.concepts import Domain
@@ -106,7 +106,6 @@ def score(answer: AnswerSet, domain: Domain, judges: Judges, targets: Sequence[s
         if fid is not None:  # the target's cells left out on both sides
             row["fid"], row["fid_generated"], row["fid_reference"] = fid.distance(~cells)
         out["targets"].append(row)
-    out["summary"] = summarize(out["targets"])
     return out
 
 

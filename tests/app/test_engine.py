@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.engine import BASE, Bounds, Playground
+from app.engine import BASE, Bounds, Playground, Verdict
 from erase.artifacts import EraseRecord, save_artifact
 from erase.attacks.tokens import encode_with_tokens
 from erase.cli import main as erase_main
@@ -44,6 +44,29 @@ def test_the_grid_draws_every_model_from_the_same_seeds_with_verdicts(tiny_pipe,
     assert playground.erased[label].text_encoder is tiny_pipe.text_encoder  # unchanged components are shared
 
 
+def test_each_erased_row_reads_against_the_base_probability_of_its_own_concept(tiny_pipe, artifact, tmp_path):
+    """Two artifacts erasing different concepts: the Fish row's "(base p)" is the base image's Fish probability,
+    not the Candy probability the base row shows for the first artifact."""
+    import json
+    import shutil
+
+    fish = tmp_path / "esd-fish"
+    shutil.copytree(artifact[0], fish)
+    record = json.loads((fish / "erase.json").read_text())
+    record.update(concept="Fish", concept_name="Fish", kind="object")
+    (fish / "erase.json").write_text(json.dumps(record))
+    playground = Playground(None, [artifact[0], fish], base=tiny_pipe)
+    grid = playground.grid(PROMPT, 7, 1, 2, 5.0)
+    base, candy_row, fish_row = (grid.verdicts[row][0] for row in grid.rows)
+    assert base.concept == "Candy" and candy_row.concept == "Candy" and fish_row.concept == "Fish"
+    assert f"(base {base.probabilities['Fish']:.2f})**" in fish_row.text(base)
+    assert f"(base {base.probabilities['Candy']:.2f})**" in candy_row.text(base)
+    # the random tiny model gives both about 0.00; with probabilities that differ, the wrong one shows
+    base = Verdict("Candy", 0.97, "Fish", 0.55, None, "Candy", 0.97, {"Candy": 0.97, "Fish": 0.55})
+    row = Verdict("Neon", 0.90, "Boat", 0.40, None, "Fish", 0.02, {"Candy": 0.01, "Fish": 0.02})
+    assert row.text(base) == "Neon 0.90 · Boat 0.40 · **Fish 0.02 (base 0.55)**"
+
+
 def test_absurd_inputs_are_bounded_with_a_notice_or_refused(tiny_pipe, artifact):
     playground = Playground(None, [artifact[0]], base=tiny_pipe, bounds=Bounds(max_seeds=2, max_steps=2))
     prompt, notices = playground.prompt_in_bounds("word " * 20_000)  # 100,000 characters
@@ -63,11 +86,12 @@ def test_absurd_inputs_are_bounded_with_a_notice_or_refused(tiny_pipe, artifact)
 
 
 def test_the_attack_stops_at_its_time_budget_and_its_tokens_replay(tiny_pipe, artifact):
-    playground = Playground(None, [artifact[0]], base=tiny_pipe, bounds=Bounds(attack_seconds=0.1))
+    # a budget every machine overruns with its first block, however fast: one block of ten, then it stops
+    playground = Playground(None, [artifact[0]], base=tiny_pipe, bounds=Bounds(attack_seconds=1e-9))
     label = next(iter(playground.erased))
     seen = []
     result = playground.attack(PROMPT, label, 3, 2, 5.0, progress=lambda done, text: seen.append(done))
-    assert seen == [0.1]  # one block of ten, then the budget was spent
+    assert seen == [0.1]
     assert len(result.token_ids) == 3 and result.tokens_text and not result.success_after
     # the tokens sit where the concept's word is (the embedded world's insertion), and the text says so
     assert result.adversarial_prompt == PROMPT.replace("Candy", f"{result.tokens_text} Candy")

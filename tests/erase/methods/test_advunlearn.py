@@ -68,7 +68,7 @@ def test_the_attack_moves_delta_only_and_leaves_no_gradient_on_the_encoder(make)
     _, t, z = m._draw(gen, 1, m.cond0[:1])
     new = m.attack(0, z, t, gen)
     assert all(p.grad is None for p in m.params.values())  # nothing left for the outer step to pick up
-    assert all(torch.equal(p, before[n]) for n, p in m.params.items())
+    assert all(torch.equal(p, before[n]) for n, p in m.params.items())  # untouched: exactly equal is the point
     assert not torch.equal(new, start) and not new.requires_grad
 
 
