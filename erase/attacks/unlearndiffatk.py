@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from erase.attacks.tokens import check_vocabulary, encode, project_to_simplex, slotted_ids, straight_through, \
     with_tokens
 from erase.sampling import add_noise, prediction_type, training_target
+from pipelines.allocator import keep_freed_memory
 from pipelines.stable_diffusion import generate
 
 KINDS = ("unlearndiffatk", "soft")
@@ -216,6 +217,7 @@ class Attack:
         """Attack every prompt; ``before``: the judge's verdicts on the plain prompts' images when they are
         already known (an evaluation's answer set holds exactly those images), else they are drawn here.
         ``stop`` is asked after every block (e.g. a time budget ran out); prompts still open then fail."""
+        keep_freed_memory()  # the per-step vocabulary-sized tensors would otherwise page-fault in every step
         resumed = self._load()
         if resumed is None:
             if before is None:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from erase.attacks.tokens import (VocabularyError, check_vocabulary, encode, project_to_simplex, slotted_ids,
+from erase.attacks.tokens import (VocabularyError, _threshold, check_vocabulary, encode, project_to_simplex, slotted_ids,
                                   straight_through, with_tokens)
 
 
@@ -82,3 +82,26 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_pipe):
     with pytest.raises(VocabularyError, match="embeds only 1000"):
         check_vocabulary(tiny_pipe.tokenizer, Encoder())
     assert check_vocabulary(tiny_pipe.tokenizer, tiny_pipe.text_encoder) == 49408
+
+
+def test_projection_equals_the_plain_fixed_point_loop():
+    """The repeat check only stops rows that would cycle until ``max_rounds``; everything else is the plain
+    loop's arithmetic, so the two agree bit for bit (same ops on the same tensors in one process)."""
+    def plain(p, max_rounds=64):
+        rows = p.reshape(-1, p.shape[-1])
+        theta, kept = (rows.sum(-1) - 1) / rows.shape[-1], torch.full((rows.shape[0],), rows.shape[-1])
+        for _ in range(max_rounds):
+            above = rows > theta[:, None]
+            count = above.sum(-1)
+            if torch.equal(count, kept):
+                break
+            theta, kept = ((rows * above).sum(-1) - 1) / count.clamp(min=1), count
+        else:
+            theta = _threshold(torch.sort(rows, dim=-1, descending=True).values)
+        return (rows - theta[:, None]).clamp(min=0).view_as(p)
+
+    generator = torch.Generator().manual_seed(0)
+    uniform = torch.full((8, 3, 4096), 1 / 4096)
+    for scale in (1e-2, 1e-4, 1e-6):  # an Adam step away from the attack's uniform start, at several sizes
+        p = uniform - scale * torch.randn(uniform.shape, generator=generator).sign()
+        assert torch.equal(project_to_simplex(p), plain(p))
