@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from benchmarks.sd15_shapes import (TEXT_PARAMETERS, TEXT_SD15, UNET_PARAMETERS, UNET_SD15,  # noqa: F401 (re-exported)
+                                    VAE_PARAMETERS, build_text_encoder, build_unet, build_vae)
 from erase.concepts import resolve_concept
 from erase.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig
 from erase.methods.config import build_config
@@ -39,26 +40,14 @@ RESULTS_FILE = Path(__file__).parent / "results" / "advunlearn_memory.json"
 NOTES = ("the bf16 row's peak keeps the high-water mark of the float32 UNet as loaded (its first step casts it), "
          "so only its weights_gib shows the saving; the 512 px estimates use the float32 rows")
 GIB = 2**30
-UNET_SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-VAE_SD15 = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4)
-TEXT_SD15 = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=768)
 # a short run that still takes every path of an iteration: attack round, ESD loss, retain loss of 5 prompts
 RUN_OPTIONS = {"steps": 2, "warmup": 0, "attack_steps": 2, "attack_resample": False, "ddim_steps": 4,
                "retain_batch": 5, "lr": 1e-5}
 
 
 def build_folder(folder: Path) -> None:
-    torch.manual_seed(0)
     pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(**UNET_SD15), vae=AutoencoderKL(**VAE_SD15),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT_SD15)), tokenizer=build_clip_tokenizer(),
+        unet=build_unet(), vae=build_vae(), text_encoder=build_text_encoder(), tokenizer=build_clip_tokenizer(),
         scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                 clip_sample=False, set_alpha_to_one=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -96,7 +85,7 @@ def measure(folder: Path, latent: int, checkpointing: bool, precision: str = "no
 
 def gpu_estimate(rows: list[dict[str, Any]], trained: int, checkpointing: bool) -> dict[str, Any]:
     """Bytes a GPU holds at 512 px: exact static part + working memory extrapolated in latent area, bf16."""
-    unet, text, vae = 859_520_964, 123_060_480, 83_653_863  # parameter counts of the SD 1.5 components
+    unet, text, vae = UNET_PARAMETERS, TEXT_PARAMETERS, VAE_PARAMETERS  # parameter counts of the SD 1.5 components
     static = {"unet_bf16": unet * 2, "text_encoder_trained_fp32": text * 4, "text_encoder_frozen_fp32": text * 4,
               "adam_moments_fp32": trained * 8, "gradients_fp32": trained * 4, "vae_fp32_unused_by_training": vae * 4}
     fp32 = sorted((r for r in rows if r["gradient_checkpointing"] == checkpointing and r["mixed_precision"] == "no"),

@@ -33,6 +33,7 @@ import torch
 from erase import checkpoint as ckpt
 from erase.artifacts import ArtifactError, EraseRecord, check_output, save_artifact
 from erase.concepts import Concept, ConceptError, resolve_concept
+from erase.memory import BatchPlan, free_device_bytes, plan_method_batch
 from erase.data.layout import DatasetLayoutError
 from erase.methods import METHODS, get_method
 from erase.methods.base import ClosedFormMethod, Method
@@ -183,6 +184,15 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
         note = thread_info.pop("note")
         if note:
             _note(accelerator, note)
+        explicit = "grad_accum" in trainer_kw or any(k.replace("-", "_") == "batch_size"
+                                                     for layer in (file_options, options or {}) for k in layer)
+        plan = _batch_plan(cls, config, target, subject, accelerator, ran, explicit)
+        if plan.grad_accum > 1:
+            config = dataclasses.replace(config, batch_size=plan.batch)
+            tcfg.grad_accum = plan.grad_accum
+            _note(accelerator, f"batch_size {plan.batch * plan.grad_accum} runs as {plan.grad_accum} micro-batches of "
+                  f"{plan.batch} (grad_accum {plan.grad_accum}; the update is the same batch mean) to fit "
+                  f"{plan.free_bytes / 2**30:.1f} GiB free; pass batch_size= or --grad-accum to choose")
         algo = cls(config, target, subject, accelerator.device)
         hashes: dict[str, str] = {}
         fingerprint = {"method": cls.name, "concept": target.text, "kind": target.kind, "model": base.id,
@@ -207,7 +217,7 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
             cost={"seconds": result.seconds, "peak_memory_bytes": result.peak_memory_bytes,
                   "peak_memory_kind": result.peak_memory_kind, "device": str(accelerator.device),
                   "processes": accelerator.num_processes, "torch_threads": torch.get_num_threads(),
-                  "threads": thread_info, "hardware": hardware()},
+                  "threads": thread_info, "batch": plan.to_json(), "hardware": hardware()},
             run=algo.run_info(), versions=versions())
         if accelerator.is_main_process:
             trained = None if closed_form else list(algo.trainable_parameters())
@@ -217,6 +227,17 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
             shutil.rmtree(work, ignore_errors=True)
         accelerator.wait_for_everyone()
     return out, record
+
+
+def _batch_plan(cls: type[Method], config: Any, concept: Concept, subject: Any, accelerator, precision: str,
+                explicit: bool) -> BatchPlan:
+    """The micro-batch of a diffusion method on this device (``erase.memory``); generators keep their batch."""
+    batch = int(getattr(config, "batch_size", 1))
+    if cls.model_type != "diffusion" or not hasattr(config, "batch_size"):
+        return BatchPlan(batch, 1, "default", "the method has no batch_size option")
+    profile = cls.memory_profile(config, concept, subject)
+    return plan_method_batch(profile, batch, explicit, free_device_bytes(accelerator.device), subject.unet.config,
+                             int(subject.unet.config.sample_size), precision)
 
 
 def _parameters(subject: Any) -> int:

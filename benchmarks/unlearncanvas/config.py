@@ -17,10 +17,12 @@ from benchmarks.unlearncanvas.answer_set import read_manifest
 from benchmarks.unlearncanvas.protocol import ATTACK_DEFAULTS, SAMPLER_DEFAULTS
 from erase.attacks.unlearndiffatk import KINDS, AttackConfig
 from erase.concepts import DOMAINS, Domain
+from erase.memory import MAX_BATCH
 from erase.trainer import MAX_SEED
 
 EXTENSIONS = ("png", "jpg")
 MAX_SIZE = 4096
+DEFAULT_BATCH = 64  # images per generate call unless free GPU memory says fewer (erase.memory.plan_eval_batch)
 
 
 class UsageError(ValueError):
@@ -39,7 +41,7 @@ class EvalConfig:
     steps: int | None = None  # DDIM steps; None: SAMPLER_DEFAULTS[domain]
     guidance: float | None = None  # CFG scale; None: SAMPLER_DEFAULTS[domain]
     size: int | None = None  # image size; None: the model's
-    batch_size: int = 64
+    batch_size: int | None = None  # images per generate call; None: DEFAULT_BATCH, fewer when a GPU lacks memory
     ext: str | None = None  # png | jpg; None: png (minicanvas), jpg (unlearncanvas)
     photo_phrase: str | None = None  # None: "Photo"; 'Seed Images' reproduces the released unlearned-model samplers
     out: str | Path | None = None  # results.json, results.md, answer_set_grid.png; None: write no report
@@ -155,8 +157,10 @@ class EvalConfig:
             ext=self.ext or ("png" if domain.name == "minicanvas" else "jpg"),
             targets=resolve_targets(domain, targets or ([concept] if concept else ["all"]), themes + objects),
             grid_seed=self.grid_seed if self.grid_seed is not None else seeds[0])
-        if cfg.steps < 1 or cfg.batch_size < 1 or len(set(seeds)) != len(seeds):
-            raise UsageError("--steps and --batch-size must be positive and --seeds distinct")
+        if cfg.steps < 1 or len(set(seeds)) != len(seeds):
+            raise UsageError("--steps must be positive and --seeds distinct")
+        if cfg.batch_size is not None and not 1 <= cfg.batch_size <= MAX_BATCH:
+            raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH}, got {cfg.batch_size}")
         bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
         if bad:
             raise UsageError(f"--seeds must be between 0 and {MAX_SEED}, got {bad[0]}")

@@ -29,7 +29,7 @@ from benchmarks.unlearncanvas.answer_set import (
     SamplerSettings, check_answer_folder, generate_answer_set, read_answer_set)
 from benchmarks.unlearncanvas.baseline import (
     add_baseline, baseline_key, compute_baseline, default_cache, describe, read_baseline, write_baseline)
-from benchmarks.unlearncanvas.config import EvalConfig, UsageError
+from benchmarks.unlearncanvas.config import DEFAULT_BATCH, EvalConfig, UsageError
 from benchmarks.unlearncanvas.judges import Judges, load_judges
 from benchmarks.unlearncanvas.metrics import efficiency_from_artifact, summarize
 from benchmarks.unlearncanvas.models import base_key, describe_model, in_memory_model, load_model, score_only_model
@@ -37,8 +37,9 @@ from benchmarks.unlearncanvas.report import write_report
 from benchmarks.unlearncanvas.robustness import evaluate_robustness, examples_image
 from benchmarks.unlearncanvas.scoring import score
 from erase.attacks.tokens import check_vocabulary
+from erase.memory import BatchPlan, free_device_bytes, plan_eval_batch
 from erase.provenance import hardware, relative_path
-from pipelines.stable_diffusion import load_pipeline
+from pipelines.stable_diffusion import DECODE_BATCH, load_pipeline
 
 __all__ = ["SCHEMA", "EvalConfig", "Results", "UsageError", "describe_model", "evaluate", "evaluation_device",
            "load_model"]
@@ -143,6 +144,8 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
             settings = dataclasses.replace(settings, scheduler=manifest.get("scheduler", settings.scheduler),
                                            eta=manifest.get("eta", settings.eta))
         key = model_info.get("key")
+        plan = batch_plan(pipe, cfg, device)
+        cfg = dataclasses.replace(cfg, batch_size=plan.batch)
         gen_info: dict[str, Any] = {"generated": 0, "seconds": 0.0}
         if pipe is not None:
             if accelerator.is_main_process:
@@ -152,6 +155,7 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
                                            progress=progress)
             gen_info["processes"] = accelerator.num_processes
             accelerator.wait_for_everyone()
+        gen_info["batch"] = plan.to_json()
         answer = read_answer_set(cfg.answer_dir, domain, cfg.seeds, cfg.ext, settings.themes, settings.objects)
         t_score = time.perf_counter()
         scores = score(answer, domain, judges, cfg.targets, cfg.photo_phrase, progress, *process, device)
@@ -212,6 +216,17 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
         examples = examples_image(pipe, base_pipe, robustness, cfg.steps, cfg.guidance) if robustness else None
         write_report(results.to_json(), answer, domain, cfg.out, cfg.grid_seed, examples)
     return results
+
+
+def batch_plan(pipe: StableDiffusionPipeline | None, cfg: EvalConfig, device: torch.device) -> BatchPlan:
+    """Images per generate call: ``--batch-size``, else 64 on the CPU, else what the GPU's free memory (read
+    with the model and judges loaded) holds by ``erase.memory``'s estimate, at most 64."""
+    if pipe is None:
+        return plan_eval_batch(DEFAULT_BATCH, cfg.batch_size, None, {}, 0)
+    latent = (cfg.size or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
+    precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(pipe.unet.dtype, "no")
+    return plan_eval_batch(DEFAULT_BATCH, cfg.batch_size, free_device_bytes(device), pipe.unet.config, latent,
+                           precision, DECODE_BATCH)
 
 
 def _baseline(pipe, base_pipe, model_info: dict[str, Any], cfg: EvalConfig, settings: SamplerSettings,

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=None, help="CFG scale (unlearncanvas: %s, minicanvas: %s)"
                    % (SAMPLER_DEFAULTS["unlearncanvas"][1], SAMPLER_DEFAULTS["minicanvas"][1]))
     g.add_argument("--size", type=int, default=None, help="image size (default: the model's)")
-    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--batch-size", type=int, default=None, help="images per UNet call (default 64; on a GPU fewer "
+                   "when its free memory says so, README 'Memory at SD 1.5, 512 px')")
     g.add_argument("--ext", choices=("png", "jpg"), default=None, help="default: png (minicanvas), jpg (unlearncanvas)")
     g.add_argument("--photo-phrase", default=None, help="style phrase for the photo theme (default 'Photo'); "
                    "'Seed Images' reproduces the released unlearned-model samplers")

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from erase.concepts import Concept
+from erase.memory import MemoryProfile
 from erase.methods.config import MethodConfigError
 
 if TYPE_CHECKING:  # the trainer imports this module; the context type is only for annotations
@@ -67,6 +68,12 @@ class Method(ABC):
                 raise MethodConfigError(f"option {key} must be at least 1, got {getattr(config, key)}")
         if hasattr(config, "lr") and not config.lr > 0:
             raise MethodConfigError(f"option lr must be positive, got {config.lr}")
+
+    @classmethod
+    def memory_profile(cls, config: Any, concept: Concept, model: Any) -> MemoryProfile | None:
+        """What one item of the method's batch costs (``erase.memory``), so that on a GPU its batch can be split
+        into micro-batches that fit; None (the default): the method keeps its batch as configured."""
+        return None
 
     def setup(self, generator: torch.Generator) -> None:
         """One-off preparation (frozen copies, data, masks) before the first step; seeded by ``generator``."""

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from erase.memory import MemoryProfile
 from erase.methods.base import GradientMethod, named_trainable
 from erase.methods.config import MethodConfigError, option
 from erase.sampling import (ddim_timesteps, encode_prompts, final_alpha, latent_shape, partial_ddim,
@@ -82,9 +83,25 @@ class ESD(GradientMethod):
         if config.variant not in VARIANTS:
             raise MethodConfigError(f"unknown ESD variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
 
+    @staticmethod
+    def resolve_variant(config: ESDConfig, concept) -> str:
+        return config.variant if config.variant != "auto" else ("esd-x" if concept.kind == "style" else "esd-u")
+
+    @classmethod
+    def memory_profile(cls, config: ESDConfig, concept, model) -> MemoryProfile:
+        """Per latent: one UNet sample trained (the cross-attention figure for esd-x, else the full UNet's, an
+        upper bound), 2 (3 with erase_from) frozen samples without grad; a frozen float32 copy of the UNet."""
+        variant = cls.resolve_variant(config, concept)
+        keep = select(variant)
+        named = list(model.unet.named_parameters())
+        trained = sum(p.numel() for n, p in named if keep(n))
+        frozen = sum(p.numel() * p.element_size() for _, p in named)
+        phase = "unet_train/attn2" if variant in ("esd-x", "esd-x-strict") else "unet_train/full"
+        return MemoryProfile(phase, 1, 3 if config.erase_from else 2, trained, frozen)
+
     def setup(self, generator: torch.Generator) -> None:
         cfg, pipe = self.config, self.model
-        self.variant = cfg.variant if cfg.variant != "auto" else ("esd-x" if self.concept.kind == "style" else "esd-u")
+        self.variant = self.resolve_variant(cfg, self.concept)
         keep = select(self.variant)
         for module in (pipe.text_encoder, pipe.vae):
             module.requires_grad_(False)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from erase.data.sets import ImageSet, default_prompts, generate_set, read_forget_retain
+from erase.memory import MemoryProfile
 from erase.methods.base import GradientMethod, named_trainable
 from erase.methods.config import MethodConfigError, option
 from erase.saliency import global_topk_mask, mask_fraction
@@ -74,6 +75,19 @@ class SalUn(GradientMethod):
                 raise MethodConfigError(f"option {key} must be at least 1, got {getattr(config, key)}")
         if config.alpha < 0:
             raise MethodConfigError(f"alpha must be >= 0, got {config.alpha}")
+
+    @classmethod
+    def memory_profile(cls, config: SalUnConfig, concept, model) -> MemoryProfile:
+        """Per batch item: a forget and a retain sample trained, one remapped target without grad; besides the
+        gradients and Adam moments it holds the mask (one byte per trained weight) and the encoded data; its
+        setup generates 16 images per call (CFG: 32 UNet samples), decodes 8 and encodes ``vae_batch``."""
+        keep = (lambda n: True) if config.train_method == "full" else (lambda n: "attn2" in n)
+        trained = sum(p.numel() for n, p in model.unet.named_parameters() if keep(n))
+        latent = model.unet.config.sample_size ** 2 * model.unet.config.in_channels * 4
+        data = 2 * latent * (config.forget_images + config.retain_images)  # posterior means and stds, float32
+        phase = "unet_train/full" if config.train_method == "full" else "unet_train/attn2"
+        return MemoryProfile(phase, 2, 1, trained, trained + data,
+                             setup=(("unet_infer", 32), ("decode", 8), ("encode", config.vae_batch)))
 
     # ------------------------------------------------------------------ data
     def _remap_pool(self) -> list[str]:

@@ -81,6 +81,8 @@ def test_fp16_on_a_cpu_records_what_ran_and_says_so_once(tiny_sd_dir, tmp_path, 
     assert record.cost["torch_threads"] == record.cost["threads"]["torch_threads"] == 1
     assert record.cost["threads"]["chosen_by"].startswith("default: one thread below")
     assert torch.get_num_threads() == threads_before
+    # on a CPU the method's batch stays as configured (erase.memory), recorded with its reason
+    assert record.cost["batch"]["chosen_by"] == "default" and record.cost["batch"]["grad_accum"] == 1
 
 
 def test_resume_without_a_checkpoint_starts_at_step_0_and_says_so(tiny_sd_dir, tmp_path, capsys):

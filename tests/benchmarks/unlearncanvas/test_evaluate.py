@@ -32,6 +32,8 @@ def test_evaluate_a_pipeline_in_memory(tiny_eval):
     assert Results.from_json(res.to_json()) == res
     assert res.answer_set["images"] == 110 and res.answer_set["generated"] == 110
     assert res.answer_set["steps"] == 2 and res.answer_set["guidance_scale"] == 3.0
+    # on a CPU the batch stays the default 64 images per generate call (erase.memory), with its reason
+    assert res.answer_set["batch"]["batch"] == 64 and res.answer_set["batch"]["chosen_by"] == "default"
     assert [t["target"] for t in res.targets] == ["Fire", "Fish"] and res.target("fish") is res.targets[1]
     for t, kept in zip(res.targets, (100, 99)):  # Fire's 10 cells, Fish's 11 cells left out
         assert list(t) == ROW_KEYS
