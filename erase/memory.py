@@ -137,6 +137,17 @@ def largest_fitting(budget: int, per_item: int, limit: int, candidates: list[int
     return max(fitting) if fitting else None
 
 
+def _keep_default(batch: int, free: int | None, unet_config: Mapping[str, Any]) -> BatchPlan | None:
+    """The default batch where the model cannot plan: no free-memory reading (CPU), or a UNet the SD 1.5
+    figures do not describe; None where it can."""
+    if free is None:
+        return BatchPlan(batch, 1, "default", "no free-memory reading on this device (CPU): the default")
+    if not sd1_shaped(unet_config):
+        return BatchPlan(batch, 1, "default", "the UNet is not SD-1.x-shaped; the memory figures are SD 1.5's, "
+                         "so the default is kept", free)
+    return None
+
+
 def eval_peak_bytes(batch: int, latent_size: int, precision: str, decode_batch: int) -> int:
     """Working bytes of one generate call: the CFG UNet (2 samples per image) or the VAE decode, whichever is more."""
     unet = 2 * batch * per_image_bytes("unet_infer", latent_size, precision)
@@ -150,11 +161,9 @@ def plan_eval_batch(default: int, explicit: int | None, free: int | None, unet_c
     model and judges were loaded, so their weights are already excluded)."""
     if explicit is not None:
         return BatchPlan(check_batch(explicit, "--batch-size"), 1, "explicit", "--batch-size given")
-    if free is None:
-        return BatchPlan(default, 1, "default", "no free-memory reading on this device (CPU): the default")
-    if not sd1_shaped(unet_config):
-        return BatchPlan(default, 1, "default", "the UNet is not SD-1.x-shaped; the memory figures are SD 1.5's, "
-                         "so the default is kept", free)
+    kept = _keep_default(default, free, unet_config)
+    if kept is not None:
+        return kept
     budget = usable_bytes(free)
     chosen = largest_fitting(budget, 2 * per_image_bytes("unet_infer", latent_size, precision), default) or 1
     peak = eval_peak_bytes(chosen, latent_size, precision, decode_batch)
@@ -181,11 +190,9 @@ def plan_method_batch(profile: MemoryProfile | None, batch: int, explicit: bool,
         return BatchPlan(batch, 1, "explicit", "batch size or --grad-accum given")
     if profile is None:
         return BatchPlan(batch, 1, "default", "the method keeps its own batch (no memory profile)")
-    if free is None:
-        return BatchPlan(batch, 1, "default", "no free-memory reading on this device (CPU): the default")
-    if not sd1_shaped(unet_config):
-        return BatchPlan(batch, 1, "default", "the UNet is not SD-1.x-shaped; the memory figures are SD 1.5's, "
-                         "so the default is kept", free)
+    kept = _keep_default(batch, free, unet_config)
+    if kept is not None:
+        return kept
     budget = usable_bytes(free)
     divisors = [d for d in range(1, batch + 1) if batch % d == 0]
     fits = [d for d in divisors if method_peak_bytes(profile, d, latent_size, precision) <= budget]

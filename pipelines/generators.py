@@ -5,7 +5,7 @@ Both map a latent vector z ~ N(0, I) to an image in [0, 1] through one module, `
 changes. A *generator artifact* is a folder:
 
     generator.json      format, kind (vae|gan), dataset, latent_dim, image_size, channels, width,
-                        recipe (steps, batch, lr, seed, data), training time and hardware
+                        spectral_norm and minibatch_std (GAN discriminator), recipe (steps, batch, lr, seed, data), training time and hardware
     model.safetensors   every tensor of the model (VAE: encoder + decoder; GAN: generator + discriminator)
     erase.json          only in an unlearned artifact: method, feature, config, base model and hash
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -82,9 +83,15 @@ class ConvDecoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """image -> stride-2 convs down to 4x4 -> Linear -> (mu, logvar) or one score."""
+    """image -> stride-2 convs down to 4x4 -> Linear -> (mu, logvar) or one score.
 
-    def __init__(self, channels: int, image_size: int, width: int, out: int, leaky: bool = False):
+    ``minibatch_std`` (a GAN discriminator; Karras et al. 2018, section 3) adds the batch's mean feature
+    standard deviation as one more 4x4 channel before the Linear layer, so the discriminator sees how
+    varied a batch is and a generator that drops modes is penalised.
+    """
+
+    def __init__(self, channels: int, image_size: int, width: int, out: int, leaky: bool = False,
+                 minibatch_std: bool = False):
         super().__init__()
         n = _levels(image_size)
         act = (lambda: nn.LeakyReLU(0.2, inplace=True)) if leaky else (lambda: nn.ReLU(inplace=True))
@@ -95,10 +102,15 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(cin, cout, 4, 2, 1), act()]
             cin = cout
         self.down = nn.Sequential(*layers, nn.Flatten())
-        self.fc = nn.Linear(cin * 16, out)
+        self.minibatch_std = minibatch_std
+        self.fc = nn.Linear((cin + int(minibatch_std)) * 16, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.down(x))
+        if not self.minibatch_std:
+            return self.fc(self.down(x))
+        h = self.down[:-1](x)
+        spread = h.std(dim=0, unbiased=False).mean() if len(h) > 1 else h.new_zeros(())
+        return self.fc(torch.cat([h, spread.expand(len(h), 1, *h.shape[2:])], 1).flatten(1))
 
 
 class ConvVAE(nn.Module):
@@ -125,21 +137,27 @@ class DCGAN(nn.Module):
 
     kind = "gan"
 
-    def __init__(self, latent_dim: int, channels: int, image_size: int, width: int):
+    def __init__(self, latent_dim: int, channels: int, image_size: int, width: int, spectral_norm: bool = False,
+                 minibatch_std: bool = False):
         super().__init__()
         self.latent_dim = latent_dim
         self.generator = ConvDecoder(latent_dim, channels, image_size, width, batchnorm=True)
-        self.discriminator = ConvEncoder(channels, image_size, width, 1, leaky=True)
+        self.discriminator = ConvEncoder(channels, image_size, width, 1, leaky=True, minibatch_std=minibatch_std)
+        if spectral_norm:  # SN-GAN (Miyato et al. 2018): every discriminator layer 1-Lipschitz
+            for layer in self.discriminator.modules():
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     def sampler(self) -> nn.Module:
         return self.generator
 
 
-def build_model(kind: str, latent_dim: int, channels: int, image_size: int, width: int) -> nn.Module:
+def build_model(kind: str, latent_dim: int, channels: int, image_size: int, width: int,
+                spectral_norm: bool = False, minibatch_std: bool = False) -> nn.Module:
     if kind == "vae":
         return ConvVAE(latent_dim, channels, image_size, width)
     if kind == "gan":
-        return DCGAN(latent_dim, channels, image_size, width)
+        return DCGAN(latent_dim, channels, image_size, width, spectral_norm, minibatch_std)
     raise GeneratorError(f"unknown generator kind {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -197,6 +215,8 @@ def save_generator(folder: str | Path, model: nn.Module, config: dict) -> Path:
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(dict(config, format=FORMAT), indent=1))
+        for f in (tmp / WEIGHTS, tmp / CONFIG):
+            os.chmod(f, 0o644)  # safetensors writes 0600; an artifact is meant to be shared
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -230,7 +250,8 @@ def load_generator(name_or_path: str | Path) -> GeneratorArtifact:
         if cfg.get("format") != FORMAT:
             raise GeneratorError(f"{cfg_file} is not an {FORMAT} config (format={cfg.get('format')!r})")
         model = build_model(cfg["kind"], int(cfg["latent_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
-                            int(cfg["width"]))
+                            int(cfg["width"]), bool(cfg.get("spectral_norm", False)),
+                            bool(cfg.get("minibatch_std", False)))
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, GeneratorError):
             raise

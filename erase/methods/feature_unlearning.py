@@ -31,15 +31,11 @@ from torch import nn
 from erase.concepts import MINICANVAS, ConceptError
 from erase.methods.base import GradientMethod
 from erase.methods.config import MethodConfigError, option
+from erase.methods.latent_direction import THRESHOLDS, FeedbackError, fit_direction
 from pipelines.generators import seeded_latents
 from pipelines.judges import DigitsClassifier, MiniCanvasClassifier
 
-THRESHOLDS = ("midpoint", "pooled")
 STEPS = ("unit", "raw")
-
-
-class FeedbackError(MethodConfigError):
-    """Labels that cannot define a feature (no positives, bad file, wrong latent size); one line."""
 
 
 @dataclass
@@ -56,66 +52,12 @@ class FeatureUnlearningConfig:
     feedback: int = option(1000, "samples the classifier labels when it stands in for the user",
                            "ref section 3: 500-2,000 (paper user study: 500); 500 gave a noisier digit-7 direction")
     feedback_seed: int = option(0, "seed of the labelled samples (latent i = default_rng([seed, i]))", "")
+    margin: float = option(0.0, "flagged latents land this many standard deviations of the feedback projections "
+                           "past t (0: on t, the paper)", "erase/methods/latent_direction.py: lowers the shift ceiling")
     min_auc: float = option(0.75, "warn 'not linearly editable' below this projection AUC", "ref section 6")
     labels: str = option("", "JSON labels file marking which seeded samples show the feature", "")
     classifier: str = option("", "stand-in user when no labels file: digits or minicanvas "
                              "(empty: the generator's dataset)", "")
-
-
-@dataclass
-class Direction:
-    """The feature test of the paper: unit direction u, its raw length, and threshold t."""
-
-    u: torch.Tensor
-    norm: float
-    threshold: float
-    auc: float
-    positives: int
-    negatives: int
-    mode: str
-
-    def project(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.u.to(z)
-
-    def flagged(self, z: torch.Tensor) -> torch.Tensor:
-        return self.project(z) >= self.threshold
-
-    def shift(self, z: torch.Tensor, step: str = "unit") -> torch.Tensor:
-        """z_hat = z - (proj(z) - t) * u; with ``step="raw"`` the paper's unnormalised z_e (over/undershoots)."""
-        vec = self.u.to(z) * (self.norm if step == "raw" else 1.0)
-        return z - (self.project(z) - self.threshold)[:, None] * vec
-
-    def to_json(self) -> dict:
-        return {"u": [round(float(v), 6) for v in self.u], "norm": round(self.norm, 6), "threshold": self.threshold,
-                "auc": round(self.auc, 4), "positives": self.positives, "negatives": self.negatives,
-                "threshold_mode": self.mode}
-
-
-def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC curve of ``scores`` for ``labels`` (Mann-Whitney, ties counted half)."""
-    pos, neg = scores[labels], scores[~labels]
-    greater = (pos[:, None] > neg[None, :]).double().sum() + 0.5 * (pos[:, None] == neg[None, :]).double().sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
-def fit_direction(latents: torch.Tensor, labels: torch.Tensor, mode: str = "midpoint") -> Direction:
-    """Direction and threshold from labelled latents (paper: DCGAN latent arithmetic, projection test)."""
-    labels = labels.bool()
-    if mode not in THRESHOLDS:
-        raise MethodConfigError(f"threshold must be one of {', '.join(THRESHOLDS)}, got {mode!r}")
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise FeedbackError(f"the labels mark {n_pos} positive and {n_neg} negative samples; "
-                            "the feature direction needs at least one of each")
-    latents = latents.double()
-    d = latents[labels].mean(0) - latents[~labels].mean(0)
-    norm = float(d.norm())
-    if norm == 0:
-        raise FeedbackError("positive and negative latents have the same mean; no direction")
-    u = d / norm
-    p = latents @ u
-    t = float(p.mean()) if mode == "pooled" else float((p[labels].mean() + p[~labels].mean()) / 2)
-    return Direction(u.float(), norm, t, auc(p, labels), n_pos, n_neg, mode)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 3, sigma: float = 1.5) -> torch.Tensor:
@@ -241,8 +183,8 @@ class FeatureUnlearning(GradientMethod):
         if config.threshold not in THRESHOLDS or config.step not in STEPS:
             raise MethodConfigError(f"threshold must be {'/'.join(THRESHOLDS)} and step {'/'.join(STEPS)}, got "
                                     f"{config.threshold!r} and {config.step!r}")
-        if config.feedback < 2 or config.ssim_window < 1 or config.alpha < 0:
-            raise MethodConfigError("feedback must be >= 2, ssim_window >= 1 and alpha >= 0")
+        if config.feedback < 2 or config.ssim_window < 1 or config.alpha < 0 or not 0 <= config.margin <= 3:
+            raise MethodConfigError("feedback must be >= 2, ssim_window >= 1, alpha >= 0 and margin 0..3")
         if config.classifier not in ("", "digits", "minicanvas"):
             raise MethodConfigError(f"unknown classifier {config.classifier!r}; known: digits, minicanvas")
 
@@ -256,7 +198,7 @@ class FeatureUnlearning(GradientMethod):
             z, y = classifier_labels(self.model, judge, cfg.feedback, cfg.feedback_seed)
             self.feedback_source = f"{judge.classifier} classifier, {judge.head} {judge.feature!r}, " \
                                    f"{cfg.feedback} samples of seed {cfg.feedback_seed}"
-        self.direction = fit_direction(z, y, cfg.threshold)
+        self.direction = fit_direction(z, y, cfg.threshold, cfg.margin)
         self.ceiling = None
         if not cfg.labels:  # free pre-check (ref section 5, finding 1): does f(z_hat) still show the feature?
             d = self.direction

@@ -1,4 +1,4 @@
-"""Feature unlearning (Moon et al., AAAI 2024): direction, shift, SSIM, labels files, errors, end to end.
+"""Feature unlearning (Moon et al., AAAI 2024): SSIM, labels files, errors, end to end (the direction: test_latent_direction).
 
 The end-to-end tests use a toy generator with an exactly known feature (a bright top row drawn
 when z[0] is large; the "bangs" testbed of shared/reference/gan_vae.md section 6), so they need
@@ -21,8 +21,8 @@ from erase.concepts import Concept
 from erase.loading import load_erased_generator
 from erase.methods import feature_unlearning as fu
 from erase.methods.config import build_config
-from erase.methods.feature_unlearning import (Direction, FeatureUnlearningConfig, FeedbackError, fit_direction,
-                                              read_labels, ssim)
+from erase.methods.feature_unlearning import FeatureUnlearningConfig, FeedbackError, read_labels, ssim
+from erase.methods.latent_direction import Direction
 from erase.trainer import TrainerConfig, train
 from pipelines.generators import ConvVAE, GeneratorArtifact, load_generator, save_generator, seeded_latents
 
@@ -67,40 +67,6 @@ def hand_written_labels(tmp_path, count: int = 300, seed: int = 0, **extra) -> s
     path = tmp_path / "labels.json"
     path.write_text(json.dumps({"seed": seed, "count": count, "positive": positive, **extra}))
     return str(path)
-
-
-# --------------------------------------------------------------------------- direction and shift
-def test_shift_lands_on_threshold_along_the_direction():
-    gen = torch.Generator().manual_seed(0)
-    z = torch.randn(400, 6, generator=gen)
-    d = fit_direction(z, z[:, 2] + 0.3 * z[:, 0] > 1.0)
-    zh = d.shift(z)
-    assert torch.allclose(d.project(zh), torch.full((400,), d.threshold), atol=1e-5)
-    delta = zh - z
-    assert torch.allclose(delta - (delta @ d.u)[:, None] * d.u, torch.zeros_like(z), atol=1e-5)
-    raw = d.shift(z, "raw")  # the paper's unnormalised z_e over/undershoots by ||z_e||
-    assert torch.allclose(d.project(raw) - d.threshold, (1 - d.norm) * (d.project(z) - d.threshold), atol=1e-4)
-
-
-def test_thresholds_midpoint_and_pooled():
-    z = torch.tensor([[3.0], [1.0], [0.0], [0.0], [-1.0], [1.0]])
-    y = torch.tensor([True, True, False, False, False, False])
-    assert fit_direction(z, y, "midpoint").threshold == pytest.approx((2.0 + 0.0) / 2)
-    assert fit_direction(z, y, "pooled").threshold == pytest.approx(4.0 / 6)
-    with pytest.raises(Exception, match="threshold"):
-        fit_direction(z, y, "median")
-
-
-def test_auc_matches_definition():
-    s = torch.tensor([0.9, 0.8, 0.1, 0.8, 0.2])
-    y = torch.tensor([True, True, False, False, False])
-    assert fu.auc(s, y) == pytest.approx((3 + 2.5) / 6)
-
-
-@pytest.mark.parametrize("labels", [[False] * 5, [True] * 5])
-def test_direction_needs_positives_and_negatives(labels):
-    with pytest.raises(FeedbackError, match="at least one of each"):
-        fit_direction(torch.randn(5, 3), torch.tensor(labels))
 
 
 def test_ssim_is_one_for_equal_images_and_differentiable():
