@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +39,13 @@ from erase.loading import load_erased_generator
 from erase.methods.feature_unlearning import Judge
 from erase.methods.latent_direction import Direction, fit_direction
 from erase.provenance import hardware
-from pipelines.generators import GeneratorError, load_generator, resolve_generator, seeded_latents
+from pipelines.generators import (
+    GeneratorError,
+    load_generator,
+    resolve_generator,
+    seeded_latents,
+)
+from pipelines.judges import MiniCanvasClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "feature_unlearning.json"
@@ -143,9 +150,9 @@ def generator_quality(name: str, count: int = QUALITY_SAMPLES) -> dict:
     classifier is confident of (max probability >= 0.8), every style's and object's share, and the
     Frechet distance in the classifier's features to as many real renders of an unseen render seed.
     """
-    art, judge = load_generator(name), Judge("minicanvas", MINICANVAS.themes[0])
+    art, classifier = load_generator(name), MiniCanvasClassifier.from_pretrained()
     images = art.generate(seeded_latents(QUALITY_SEED, count, art.latent_dim))
-    themes, objects = judge.model.predict_proba(images)
+    themes, objects = classifier.predict_proba(images)
     real, _, _ = render_tensors(-(-count // len(MINICANVAS.themes) // len(MINICANVAS.objects)), QUALITY_SEED)
     style_shares = shares(themes.argmax(1), MINICANVAS.themes)
     object_shares = shares(objects.argmax(1), MINICANVAS.objects)
@@ -153,7 +160,7 @@ def generator_quality(name: str, count: int = QUALITY_SAMPLES) -> dict:
             "confident_style_pct": round(float((themes.max(1).values >= CONFIDENT).float().mean()) * 100, 2),
             "min_style_pct": min(style_shares.values()), "min_object_pct": min(object_shares.values()),
             "style_pct": style_shares, "object_pct": object_shares,
-            "fd_clf_vs_real": round(frechet_distance(judge.embed(images), judge.embed(real)), 3),
+            "fd_clf_vs_real": round(frechet_distance(classifier.embed(images), classifier.embed(real)), 3),
             "real_renders": len(real), "fd_features": FEATURE_SPACE["minicanvas"],
             "train_seconds": art.config.get("train_seconds"), "train_hardware": art.config.get("hardware"),
             "recipe": art.config.get("recipe")}
@@ -171,10 +178,12 @@ def precheck(name: str, margin: float = 0.2, feedback: int = 1000) -> list[dict]
         y = judge(x)
         row = {"feature": feature, "head": judge.head, "share_pct": round(float(y.float().mean()) * 100, 2)}
         if int(y.sum()) >= 5:
+            direction = fit_direction(z, y, "midpoint")
+            row["auc"] = round(direction.auc, 4)
             for m in (0.0, margin):
-                d = fit_direction(z, y, "midpoint", m)
+                d = replace(direction, margin=m)
                 left = float(judge(art.generate(torch.where(d.flagged(z)[:, None], d.shift(z), z))).float().mean())
-                row["auc"], row[f"ceiling_pct_margin_{m:g}"] = round(d.auc, 4), round(left * 100, 2)
+                row[f"ceiling_pct_margin_{m:g}"] = round(left * 100, 2)
         rows.append(row)
     return rows
 

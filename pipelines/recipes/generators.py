@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from erase import checkpoint as ckpt
 from erase.data.digits import load_digits_tensors
 from erase.data.minicanvas import render_tensors
-from pipelines.weights import CheckpointError
 from pipelines.generators import (DATASETS, SHIPPED_ROOT, ConvVAE, GeneratorArtifact, GeneratorError, build_model,
                                   save_generator)
+from pipelines.weights import CheckpointError
 
 
 def dataset_images(dataset: str, seed: int = 0, per_cell: int = 40) -> tuple[torch.Tensor, dict]:
@@ -170,10 +170,15 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.step()
 
 
-def _checkpoint(work, recipe: Recipe, parts: dict, opts: dict, gen: torch.Generator, sched, step: int,
+def _recipe_json(recipe: Recipe) -> dict:
+    """The recipe as a checkpoint stores it (tuples become lists), so a saved one compares equal."""
+    return json.loads(json.dumps(asdict(recipe)))
+
+
+def _checkpoint(work: str | Path, recipe: Recipe, parts: dict, opts: dict, gen: torch.Generator, sched, step: int,
                 seconds: float) -> None:
-    tensors, meta = dict(ckpt.rng_tensors(gen)), {"step": step, "seconds": round(seconds, 1),
-                                                   "recipe": json.loads(json.dumps(asdict(recipe))), "optimizers": {}}
+    tensors = dict(ckpt.rng_tensors(gen))
+    meta = {"step": step, "seconds": round(seconds, 1), "recipe": _recipe_json(recipe), "optimizers": {}}
     for key, module in parts.items():
         tensors.update(ckpt.module_tensors(module, key))
         opt_tensors, meta["optimizers"][key] = ckpt.optimizer_tensors(opts[key], f"optimizer_{key}")
@@ -183,14 +188,15 @@ def _checkpoint(work, recipe: Recipe, parts: dict, opts: dict, gen: torch.Genera
     ckpt.save_checkpoint(Path(work), tensors, meta)
 
 
-def _resume(work, recipe: Recipe, parts: dict, opts: dict, gen: torch.Generator, sched) -> tuple[int, float]:
+def _resume(work: str | Path | None, recipe: Recipe, parts: dict, opts: dict, gen: torch.Generator, sched) -> tuple[int, float]:
     state = ckpt.load_checkpoint(work) if work is not None else None
     if state is None:
         return 0, 0.0
     tensors, meta = state
-    saved, asked = dict(meta.get("recipe") or {}), json.loads(json.dumps(asdict(recipe)))
+    saved, asked = dict(meta.get("recipe") or {}), _recipe_json(recipe)
     if recipe.kind == "gan":  # a GAN's steps have no schedule: a rerun with more steps trains on
-        saved.pop("steps", None), asked.pop("steps")
+        saved.pop("steps", None)
+        asked.pop("steps")
     if saved != asked or meta["step"] > recipe.steps:
         raise GeneratorError(f"{work} holds a checkpoint of another recipe; remove it or use another --work")
     for key, module in parts.items():
