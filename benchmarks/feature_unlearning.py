@@ -39,12 +39,7 @@ from erase.loading import load_erased_generator
 from erase.methods.feature_unlearning import Judge
 from erase.methods.latent_direction import Direction, fit_direction
 from erase.provenance import hardware
-from pipelines.generators import (
-    GeneratorError,
-    load_generator,
-    resolve_generator,
-    seeded_latents,
-)
+from pipelines.generators import GeneratorError, load_generator, resolve_generator, seeded_latents
 from pipelines.judges import MiniCanvasClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
