@@ -5,7 +5,8 @@ Both map a latent vector z ~ N(0, I) to an image in [0, 1] through one module, `
 changes. A *generator artifact* is a folder:
 
     generator.json      format, kind (vae|gan), dataset, latent_dim, image_size, channels, width,
-                        spectral_norm and minibatch_std (GAN discriminator), recipe (steps, batch, lr, seed, data), training time and hardware
+                        spectral_norm and minibatch_std (GAN discriminator), recipe (steps, batch,
+                        lr, seed, data), training time and hardware
     model.safetensors   every tensor of the model (VAE: encoder + decoder; GAN: generator + discriminator)
     erase.json          only in an unlearned artifact: method, feature, config, base model and hash
 

@@ -58,6 +58,11 @@ class SalUnConfig:
     vae_batch: int = option(8, "images per VAE encode call (memory scales with this, not with the data set)")
 
 
+def considered(train_method: str):
+    """Name filter of the UNet parameters the saliency mask is taken over: all, or cross-attention (attn2)."""
+    return (lambda name: True) if train_method == "full" else (lambda name: "attn2" in name)
+
+
 class SalUn(GradientMethod):
     name = "salun"
     Config = SalUnConfig
@@ -81,7 +86,7 @@ class SalUn(GradientMethod):
         """Per batch item: a forget and a retain sample trained, one remapped target without grad; besides the
         gradients and Adam moments it holds the mask (one byte per trained weight) and the encoded data; its
         setup generates 16 images per call (CFG: 32 UNet samples), decodes 8 and encodes ``vae_batch``."""
-        keep = (lambda n: True) if config.train_method == "full" else (lambda n: "attn2" in n)
+        keep = considered(config.train_method)
         trained = sum(p.numel() for n, p in model.unet.named_parameters() if keep(n))
         latent = model.unet.config.sample_size ** 2 * model.unet.config.in_channels * 4
         data = 2 * latent * (config.forget_images + config.retain_images)  # posterior means and stds, float32
@@ -141,8 +146,7 @@ class SalUn(GradientMethod):
         for module in (pipe.text_encoder, pipe.vae):
             module.requires_grad_(False)
         self.unet: nn.Module = pipe.unet
-        keep = (lambda n: True) if cfg.train_method == "full" else (lambda n: "attn2" in n)
-        self.params = named_trainable("unet", self.unet, keep)
+        self.params = named_trainable("unet", self.unet, considered(cfg.train_method))
         self.T = int(pipe.scheduler.config.num_train_timesteps)
         self.alphas = pipe.scheduler.alphas_cumprod.to(self.device)
         self.prediction = prediction_type(pipe.scheduler)

@@ -29,7 +29,7 @@ def test_help_lists_methods_and_options_with_defaults(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--method", "nope", "--concept", "Candy"], "unknown method 'nope'"),
     (["--method", "esd", "--concept", "  "], "concept is empty"),
-    (["--method", "esd", "--concept", "Candy", "--model", "/no/such/model"], "does not exist"),
+    (["--method", "esd", "--concept", "Candy", "--model", "./no-such-model"], "does not exist"),  # in the empty cwd
     (["--method", "esd", "--concept", "Candy", "bogus=1"], "unknown option 'bogus'"),
     (["--method", "esd", "--concept", "Candy", "lr=fast"], "expects float"),
     (["--method", "esd", "--concept", "Candy", "lr=-1"], "lr must be positive"),
