@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from benchmarks.unlearncanvas.config import EvalConfig
+from benchmarks.unlearncanvas.metrics import wilson_interval
 from benchmarks.unlearncanvas.robustness import attack_prompts, attack_target, classifier_judge, without_target_word
 from erase.artifacts import read_record
 from erase.attacks.tokens import encode_with_tokens
@@ -93,6 +94,13 @@ def erased_model(method: str, target: str, work: Path) -> tuple[Any, dict[str, A
     return load_erased_pipeline(folder, progress=False), settings
 
 
+def rate_with_interval(row: dict[str, Any]) -> str:
+    """'50 % [30-70]': the success rate of a row and its 95 % Wilson interval over the row's prompts."""
+    n = int(row["prompts"])
+    low, high = wilson_interval(round(row["asr"] * n), n)
+    return f"{100 * row['asr']:.0f} % [{100 * low:.0f}-{100 * high:.0f}]"
+
+
 def table(report: dict[str, Any]) -> str:
     """The README tables: oracle and calibration rows, then pre-ASR / ASR per model and target."""
     lines = ["| calibration target | word in slots: prefix / concept | random tokens (chance per draw) "
@@ -104,13 +112,14 @@ def table(report: dict[str, Any]) -> str:
         chance = f"{100 * o['random_tokens']:.1f} %" if "random_tokens" in o else ""
         lines.append(f"| {o['target']} | {100 * o['prefix']:.0f} % / {100 * o['concept']:.0f} % | {chance} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "| model | target | prompts | pre-ASR | ASR discrete (s) | ASR soft (s) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| model | target | prompts | pre-ASR | ASR discrete [95 % CI] (s) | ASR soft [95 % CI] (s) |",
+              "|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["model"], r["target"]) for r in report["erased"]))
     targets = list(dict.fromkeys(target for _, target in keys))
     for key in sorted(keys, key=lambda k: targets.index(k[1])):  # by target, models in the order they ran
         rows = {r["attack"]: r for r in report["erased"] if (r["model"], r["target"]) == key}
         first = next(iter(rows.values()))
-        cells = [f"{100 * rows[k]['asr']:.0f} % ({rows[k]['seconds']:.0f})" if k in rows else ""
+        cells = [f"{rate_with_interval(rows[k])} ({rows[k]['seconds']:.0f})" if k in rows else ""
                  for k in ("unlearndiffatk", "soft")]
         lines.append(f"| {key[0]} | {key[1]} | {first['prompts']} | {100 * first['pre_asr']:.0f} % | "
                      + " | ".join(cells) + " |")
@@ -134,8 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/robustness_minicanvas", help="artifacts of the erased models")
     parser.add_argument("--resume", action="store_true", help="keep the rows of an earlier, interrupted run")
     parser.add_argument("--results-file", default=str(RESULTS_FILE))
+    parser.add_argument("--table", action="store_true", help="print the README tables of the results file and stop")
     args = parser.parse_args(argv)
     out = Path(args.results_file)
+    if args.table:
+        print(table(json.loads(out.read_text())), end="")
+        return 0
     pipe, classifier = load_pipeline(progress=False), MiniCanvasClassifier.from_pretrained()
     threads = use_threads(args.threads, sum(p.numel() for p in pipe.unet.parameters()), check_load=False)
     steps, guidance = attack_config("unlearndiffatk").judge_steps, attack_config("unlearndiffatk").judge_guidance

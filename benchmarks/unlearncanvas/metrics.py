@@ -146,6 +146,17 @@ def removal_accuracy(theme_true: Sequence[int], object_true: Sequence[int], them
     return removal_from_counts(*cell_counts(domain, theme_true, object_true, theme_pred, object_pred), target, domain)
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a success rate (Wilson 1927): an attack success rate over 20 prompts
+    is a coin count, and two methods' rates mean something only where their intervals say so."""
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    rate, z2 = successes / trials, z * z
+    centre = (rate + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * np.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
 def summarize(rows: Sequence[dict]) -> dict:
     """Means over style targets and over object targets, as the UnlearnCanvas table reports them."""
     summary: dict = {}

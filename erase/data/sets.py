@@ -13,6 +13,7 @@ Methods read no files themselves. Two sources:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,8 @@ from PIL import Image
 from erase.concepts import Concept, ConceptError
 from erase.data.layout import DatasetLayoutError, read_layout
 from pipelines.stable_diffusion import generate
+
+RETAIN_OBJECTS = Path(__file__).resolve().parent / "retain_objects.txt"  # COCO's 80 categories
 
 
 @dataclass
@@ -117,3 +120,37 @@ def generate_set(pipe, prompts: Sequence[str], count: int, generator: torch.Gene
     seeds = torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
     images = generate(pipe, chosen, seeds, steps=steps, guidance_scale=guidance, batch_size=batch_size)
     return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1, chosen)
+
+
+def retain_prompts(source: str, concept: Concept) -> tuple[list[str], dict]:
+    """Prompts a method keeps the model's behaviour on, minus those that name the concept, and a record of
+    the filtering (for ``erase.json``). ``source``: ``coco-objects`` ('a photo of a {object}' over COCO's
+    80 categories, shipped), ``domain`` (the concept's benchmark captions) or a text file, one prompt per
+    line, ``#`` comments. A prompt is dropped when it contains the concept's phrase or any of its words
+    longer than two letters. Raises ``ValueError`` (one line) when nothing is left or the source is unknown.
+    """
+    source = source.strip()
+    if source == "domain":
+        try:
+            prompts = default_prompts(concept)[1]
+        except ConceptError as err:
+            raise ValueError(f"retain_prompts=domain: {err}") from None
+    else:
+        path = RETAIN_OBJECTS if source == "coco-objects" else Path(source)
+        if not path.is_file():
+            raise ValueError(f"retain_prompts: {source!r} is neither coco-objects, domain nor a text file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    words = {w for w in re.findall(r"\w+", f"{concept.text} {concept.phrase}".lower()) if len(w) > 2}
+
+    def names(prompt: str) -> bool:
+        text = prompt.lower()
+        return concept.phrase.lower() in text or bool(words & set(re.findall(r"\w+", text)))
+
+    kept = [p for p in prompts if not names(p)]
+    dropped = [p for p in prompts if names(p)]
+    if not kept:
+        raise ValueError(f"no retain prompt is left after dropping those that name {concept.text!r} "
+                         f"({len(prompts)} read from {source!r})")
+    return kept, {"source": source, "read": len(prompts), "kept": len(kept), "dropped": dropped,
+                  "filter": f"words {sorted(words)}"}

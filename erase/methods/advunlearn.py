@@ -23,21 +23,19 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from erase.attacks.tokens import encode, slotted_ids
-from erase.concepts import Concept, ConceptError
-from erase.data.sets import default_prompts
+from erase.concepts import Concept
+from erase.data.sets import retain_prompts
 from erase.methods.base import SteppingMethod, named_trainable
 from erase.methods.config import MethodConfigError, option
 from erase.sampling import ddim_timesteps, encode_prompts, final_alpha, latent_shape, partial_ddim, prediction_type
 
 COMPONENTS = ("full", "attn", "ffn")
-RETAIN_OBJECTS = Path(__file__).resolve().parent.parent / "data" / "retain_objects.txt"
 _LAYER = re.compile(r"encoder\.layers\.(\d+)\.")
 
 
@@ -86,31 +84,10 @@ class AdvUnlearnConfig:
 
 def retain_set(config: AdvUnlearnConfig, concept: Concept) -> tuple[list[str], dict]:
     """The retain prompts after filtering against the concept, and what was done (for ``erase.json``)."""
-    source = config.retain_prompts.strip()
-    if source == "domain":
-        try:
-            prompts = default_prompts(concept)[1]
-        except ConceptError as err:
-            raise MethodConfigError(f"retain_prompts=domain: {err}") from None
-    else:
-        path = RETAIN_OBJECTS if source == "coco-objects" else Path(source)
-        if not path.is_file():
-            raise MethodConfigError(f"retain_prompts: {source!r} is neither coco-objects, domain nor a text file")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    words = {w for w in re.findall(r"\w+", f"{concept.text} {concept.phrase}".lower()) if len(w) > 2}
-
-    def names(prompt: str) -> bool:
-        text = prompt.lower()
-        return concept.phrase.lower() in text or bool(words & set(re.findall(r"\w+", text)))
-
-    kept = [p for p in prompts if not names(p)]
-    dropped = [p for p in prompts if names(p)]
-    if not kept:
-        raise MethodConfigError(f"no retain prompt is left after dropping those that name {concept.text!r} "
-                                f"({len(prompts)} read from {source!r})")
-    return kept, {"source": source, "read": len(prompts), "kept": len(kept), "dropped": dropped,
-                  "filter": f"words {sorted(words)}"}
+    try:
+        return retain_prompts(config.retain_prompts, concept)
+    except ValueError as err:
+        raise MethodConfigError(str(err)) from None
 
 
 def select(component: str, layers: list[int], num_layers: int):

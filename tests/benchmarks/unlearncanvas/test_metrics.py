@@ -5,7 +5,7 @@ import pytest
 
 from benchmarks.unlearncanvas.metrics import (
     accuracy_table, efficiency_from_artifact, removal_accuracy, summarize, target_cells, target_mask,
-    unlearncanvas_scores)
+    unlearncanvas_scores, wilson_interval)
 from erase.artifacts import ArtifactError, EraseRecord
 from erase.concepts import Domain
 
@@ -104,3 +104,14 @@ def test_efficiency_from_the_artifact_record(tmp_path):
     assert e["storage_bytes"] == (tmp_path / "b" / "erase.json").stat().st_size and e["memory_gb"] is None
     with pytest.raises(ArtifactError, match="does not exist"):
         efficiency_from_artifact(tmp_path / "missing")
+
+
+def test_wilson_interval_matches_the_published_formula_and_refuses_impossible_counts():
+    # reference values: Wilson (1927) score interval, z = 1.96, as statsmodels' proportion_confint(method="wilson")
+    for (k, n), expected in {(10, 20): (0.2993, 0.7007), (14, 20): (0.4810, 0.8545), (1, 20): (0.0089, 0.2361),
+                             (0, 20): (0.0, 0.1611), (20, 20): (0.8389, 1.0)}.items():
+        low, high = wilson_interval(k, n)
+        assert low == pytest.approx(expected[0], abs=1e-4) and high == pytest.approx(expected[1], abs=1e-4)
+    for bad in ((3, 2), (-1, 5), (0, 0)):
+        with pytest.raises(ValueError):
+            wilson_interval(*bad)

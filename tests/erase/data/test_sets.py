@@ -1,4 +1,5 @@
-"""Forget/retain sets from a data folder: the concept's cells, foreign themes ignored, bad metadata refused."""
+"""Forget/retain sets from a data folder: the concept's cells, foreign themes ignored, bad metadata refused;
+retain prompts filtered against the concept."""
 
 import shutil
 
@@ -8,7 +9,7 @@ import torch
 from erase.concepts import resolve_concept
 from erase.data.layout import DatasetLayoutError
 from erase.data.minicanvas import write_dataset
-from erase.data.sets import default_prompts, read_forget_retain
+from erase.data.sets import default_prompts, read_forget_retain, retain_prompts
 
 
 def test_layout_folder_splits_by_the_concept_and_ignores_foreign_themes(tmp_path):
@@ -30,3 +31,18 @@ def test_default_prompts_are_the_caption_grid_without_the_concept():
     forget, retain = default_prompts(resolve_concept("Fish"))
     assert len(forget) == 11 and all(p.startswith("A Fish image") for p in forget)
     assert len(retain) == 99 and not any("Fish" in p for p in retain)
+
+
+def test_retain_prompts_naming_the_concept_are_dropped_and_recorded(tmp_path):
+    kept, info = retain_prompts("coco-objects", resolve_concept("Hot Dog"))
+    assert "a photo of a hot dog" not in kept and "a photo of a dog" not in kept and "a photo of a cat" in kept
+    assert info["read"] == 80 and info["kept"] == 78 and sorted(info["dropped"]) == ["a photo of a dog",
+                                                                                     "a photo of a hot dog"]
+    domain, info = retain_prompts("domain", resolve_concept("Candy"))
+    assert domain and not any("Candy" in p for p in domain) and info["source"] == "domain"
+    path = tmp_path / "retain.txt"
+    path.write_text("# comment\na Van Gogh painting\n\na castle at night\n")
+    kept, info = retain_prompts(str(path), resolve_concept("gogh"))
+    assert kept == ["a castle at night"] and info["dropped"] == ["a Van Gogh painting"]
+    with pytest.raises(ValueError, match="neither coco-objects, domain nor a text file"):
+        retain_prompts(str(tmp_path / "missing.txt"), resolve_concept("Candy"))

@@ -15,7 +15,7 @@ from erase.cli import main
 from erase.concepts import resolve_concept
 from erase.loading import load_erased_pipeline
 from erase.methods import get_method
-from erase.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig, retain_set, select
+from erase.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig, select
 from erase.methods.config import build_config
 from erase.sampling import encode_prompts
 from erase.trainer import TrainerConfig, train
@@ -98,20 +98,6 @@ def test_layers_are_selected_by_exact_index():
     assert len(full) == len(names) - 2  # all but the token and position embeddings
     assert picked("attn", [0, 11]) == {n for n in names if ".self_attn." in n and (".layers.0." in n or ".layers.11." in n)}
     assert picked("ffn", []) == {n for n in names if ".mlp." in n}
-
-
-def test_retain_prompts_naming_the_concept_are_dropped_and_recorded(tmp_path):
-    cfg = AdvUnlearnConfig()
-    kept, info = retain_set(cfg, resolve_concept("Hot Dog"))
-    assert "a photo of a hot dog" not in kept and "a photo of a dog" not in kept and "a photo of a cat" in kept
-    assert info["read"] == 80 and info["kept"] == 78 and sorted(info["dropped"]) == ["a photo of a dog",
-                                                                                     "a photo of a hot dog"]
-    domain, info = retain_set(build_config(AdvUnlearnConfig, {"retain_prompts": "domain"}), resolve_concept("Candy"))
-    assert domain and not any("Candy" in p for p in domain) and info["source"] == "domain"
-    path = tmp_path / "retain.txt"
-    path.write_text("# comment\na Van Gogh painting\n\na castle at night\n")
-    kept, info = retain_set(build_config(AdvUnlearnConfig, {"retain_prompts": str(path)}), resolve_concept("gogh"))
-    assert kept == ["a castle at night"] and info["dropped"] == ["a Van Gogh painting"]
 
 
 def test_killed_run_resumes_to_identical_weights_and_delta(make, tmp_path):
