@@ -5,7 +5,7 @@ Both map a latent vector z ~ N(0, I) to an image in [0, 1] through one module, `
 changes. A *generator artifact* is a folder:
 
     generator.json      format, kind (vae|gan), dataset, latent_dim, image_size, channels, width,
-                        spectral_norm and minibatch_std (GAN discriminator), recipe (steps, batch,
+                        spectral_norm, minibatch_std and aux_classes (GAN discriminator), recipe (steps, batch,
                         lr, seed, data), training time and hardware
     model.safetensors   every tensor of the model (VAE: encoder + decoder; GAN: generator + discriminator)
     erase.json          only in an unlearned artifact: method, feature, config, base model and hash
@@ -139,11 +139,16 @@ class DCGAN(nn.Module):
     kind = "gan"
 
     def __init__(self, latent_dim: int, channels: int, image_size: int, width: int, spectral_norm: bool = False,
-                 minibatch_std: bool = False):
+                 minibatch_std: bool = False, aux_classes: Sequence[int] = ()):
         super().__init__()
-        self.latent_dim = latent_dim
+        self.latent_dim, self.aux_classes = latent_dim, tuple(aux_classes)
+        if sum(self.aux_classes) > latent_dim:
+            raise GeneratorError(f"aux_classes {list(aux_classes)} need {sum(aux_classes)} latent coordinates, "
+                                 f"latent_dim is {latent_dim}")
         self.generator = ConvDecoder(latent_dim, channels, image_size, width, batchnorm=True)
-        self.discriminator = ConvEncoder(channels, image_size, width, 1, leaky=True, minibatch_std=minibatch_std)
+        # column 0: the real/fake score; then one block of class logits per aux head (AC-GAN, Odena et al. 2017)
+        self.discriminator = ConvEncoder(channels, image_size, width, 1 + sum(self.aux_classes), leaky=True,
+                                         minibatch_std=minibatch_std)
         if spectral_norm:  # SN-GAN (Miyato et al. 2018): every discriminator layer 1-Lipschitz
             for layer in self.discriminator.modules():
                 if isinstance(layer, (nn.Conv2d, nn.Linear)):
@@ -153,12 +158,26 @@ class DCGAN(nn.Module):
         return self.generator
 
 
+def latent_classes(z: torch.Tensor, aux_classes: Sequence[int]) -> list[torch.Tensor]:
+    """The class a latent asks for, per aux head: the largest of the head's block of coordinates.
+
+    Head 0 reads z[:, :n0], head 1 the next n1 coordinates, and so on. The coordinates of z ~ N(0, I)
+    are independent, so every class of a head is equally likely and the heads are independent of each
+    other; a class is the cone where its coordinate leads, which is what makes it linearly editable.
+    """
+    labels, start = [], 0
+    for n in aux_classes:
+        labels.append(z[:, start:start + n].argmax(1))
+        start += n
+    return labels
+
+
 def build_model(kind: str, latent_dim: int, channels: int, image_size: int, width: int,
-                spectral_norm: bool = False, minibatch_std: bool = False) -> nn.Module:
+                spectral_norm: bool = False, minibatch_std: bool = False, aux_classes: Sequence[int] = ()) -> nn.Module:
     if kind == "vae":
         return ConvVAE(latent_dim, channels, image_size, width)
     if kind == "gan":
-        return DCGAN(latent_dim, channels, image_size, width, spectral_norm, minibatch_std)
+        return DCGAN(latent_dim, channels, image_size, width, spectral_norm, minibatch_std, aux_classes)
     raise GeneratorError(f"unknown generator kind {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -252,7 +271,7 @@ def load_generator(name_or_path: str | Path) -> GeneratorArtifact:
             raise GeneratorError(f"{cfg_file} is not an {FORMAT} config (format={cfg.get('format')!r})")
         model = build_model(cfg["kind"], int(cfg["latent_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
                             int(cfg["width"]), bool(cfg.get("spectral_norm", False)),
-                            bool(cfg.get("minibatch_std", False)))
+                            bool(cfg.get("minibatch_std", False)), [int(n) for n in cfg.get("aux_classes", [])])
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, GeneratorError):
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.generators import DCGAN, GeneratorError, load_generator, seeded_latents
+from pipelines.generators import DCGAN, GeneratorError, latent_classes, load_generator, seeded_latents
 from pipelines.recipes import generators as recipes
 from pipelines.recipes.generators import Recipe, recalibrate_batchnorm, train_generator
 
@@ -63,3 +63,18 @@ def test_killed_recipe_resumes_to_the_same_weights(tmp_path, monkeypatch):
         assert torch.equal(a, b)
     with pytest.raises(GeneratorError, match="another recipe"):
         train_generator(Recipe("gan", "digits", latent_dim=4, width=8, steps=9, batch=8), work=tmp_path / "resumed")
+
+
+def test_latent_class_gan_asks_each_latent_for_the_class_of_its_leading_coordinate(tmp_path):
+    z = torch.tensor([[0.1, 2.0, -1.0, 0.5, 3.0, 0.0], [1.5, 0.2, 0.3, -2.0, -1.0, -3.0]])
+    style, obj = latent_classes(z, [3, 2])  # style: coordinates 0-2, object: 3-4, coordinate 5 free
+    assert style.tolist() == [1, 0] and obj.tolist() == [1, 1]
+    recipe = Recipe("gan", "digits", latent_dim=12, width=8, steps=3, batch=8, loss="hinge", latent_classes=True)
+    art = train_generator(recipe, tmp_path / "acgan", log_every=0)
+    again = load_generator(tmp_path / "acgan")
+    assert art.config["aux_classes"] == again.config["aux_classes"] == [10]  # one head: the digit
+    assert again.model.discriminator.fc.out_features == 1 + 10
+    z = seeded_latents(3, 4, 12)
+    assert torch.allclose(art.generate(z), again.generate(z), atol=1e-6)  # same weights, reloaded: float noise only
+    with pytest.raises(GeneratorError, match="latent coordinates"):
+        DCGAN(8, 1, 16, 8, aux_classes=[10])
