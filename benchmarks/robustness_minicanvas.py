@@ -190,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = attack_target(pipe, pipe, MINICANVAS, target, classifier, attack_config(kind), kind,
                                 list(MINICANVAS.seeds), (steps, guidance), args.calibration_prompts,
                                 calibrate=True, judge_name=JUDGE)
-            report["calibration"].append({**row, "attack": kind, "model": "base (un-erased)"})
+            report["calibration"].append({**row, "attack": kind, "model": "base (un-erased)",
+                                          "torch_threads": torch.get_num_threads()})
             print(f"calibration {target:8s} {kind:15s} recovered {row['asr']:.0%} of {row['prompts']} "
                   f"({row['seconds']:.0f} s)", flush=True)
             save()
@@ -206,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     continue
                 row = attack_target(model, pipe, MINICANVAS, target, classifier, attack_config(kind), kind,
                                     list(MINICANVAS.seeds), (steps, guidance), args.prompts, judge_name=JUDGE)
-                report["erased"].append({**row, "attack": kind, "model": name, "erase": settings})
+                report["erased"].append({**row, "attack": kind, "model": name, "erase": settings,
+                                         "torch_threads": torch.get_num_threads()})  # rows of a --resume may differ
                 print(f"{name:6s} {target:8s} {kind:15s} pre-ASR {row['pre_asr']:.0%} ASR {row['asr']:.0%} "
                       f"({row['seconds']:.0f} s)", flush=True)
                 save()

@@ -89,8 +89,9 @@ RECIPES: dict[str, Recipe] = {
                              data={"per_cell": 60}),
     # Experimental, not shipped: the same SN-GAN as an AC-GAN whose latent names its style (largest of z[:11]) and
     # object (largest of z[11:21]), so that every class is a cone of z and linearly editable (the setting feature
-    # unlearning assumes). On the 2,000-sample check: 38 % confident style at 6,000 steps, 50 % at 10,000 (FD_clf
-    # 27, 21; rarest object 1.2 %, 2.1 %): below the shipped GAN's 84.5 % (README "Shipped generators")
+    # unlearning assumes). On the 2,000-sample check: 38 / 50 / 59 % confident style at 6,000 / 10,000 / 16,000
+    # steps (FD_clf 27 / 21 / 18.5; rarest object 1.2-2.1 %): below the shipped GAN's 84.5 % (README "Shipped
+    # generators")
     "minicanvas-acgan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=MINICANVAS_GAN_STEPS, batch=64,
                                lr=2e-4, betas=(0.0, 0.9), loss="hinge", spectral_norm=True, minibatch_std=True,
                                latent_classes=True, data={"per_cell": 60}),
