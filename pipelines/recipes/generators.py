@@ -106,6 +106,12 @@ def _vae_loss(model: ConvVAE, x: torch.Tensor, gen: torch.Generator, beta: float
     return rec + beta * kl
 
 
+def _class_loss(out: torch.Tensor, labels: list[torch.Tensor], classes: Sequence[int], weight: float) -> torch.Tensor:
+    """AC-GAN term: cross-entropy of each block of class logits after D's real/fake column against its labels."""
+    heads = out[:, 1:].split(list(classes), dim=1)
+    return weight * sum(F.cross_entropy(h, y) for h, y in zip(heads, labels))
+
+
 def _gan_losses(g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, loss: str,
                 aux: tuple[list[torch.Tensor], list[torch.Tensor], Sequence[int], float] | None = None):
     """(discriminator loss, a function giving the generator loss after D's step) for one batch.
@@ -114,27 +120,23 @@ def _gan_losses(g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor,
     G is asked to draw the class its latent names; column 0 of D's output is the real/fake score.
     """
     fake = g(z)
-    out_real, out_fake = d(real * 2 - 1), d(fake.detach() * 2 - 1)
-
-    def class_loss(out: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
-        heads = out[:, 1:].split(list(aux[2]), dim=1)
-        return aux[3] * sum(F.cross_entropy(h, y) for h, y in zip(heads, labels))
-
+    out_real, out_fake = d(real * 2 - 1), d(fake.detach() * 2 - 1)  # in this order, as before the AC-GAN option
     if loss == "hinge":
         loss_d = F.relu(1 - out_real[:, :1]).mean() + F.relu(1 + out_fake[:, :1]).mean()
-        adv_g = lambda out: -out[:, :1].mean()  # noqa: E731
+        adversarial_g = lambda out: -out[:, :1].mean()  # noqa: E731
     else:
         ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
         loss_d = F.binary_cross_entropy_with_logits(out_real[:, :1], ones) + \
             F.binary_cross_entropy_with_logits(out_fake[:, :1], zeros)
-        adv_g = lambda out: F.binary_cross_entropy_with_logits(out[:, :1], ones)  # noqa: E731  non-saturating
-    if aux is not None:
-        loss_d = loss_d + class_loss(out_real, aux[0])
+        adversarial_g = lambda out: F.binary_cross_entropy_with_logits(out[:, :1], ones)  # noqa: E731  non-saturating
+    if aux is None:
+        return loss_d, lambda: adversarial_g(d(fake * 2 - 1))
+    real_labels, latent_labels, classes, weight = aux
 
     def loss_g() -> torch.Tensor:
         out = d(fake * 2 - 1)
-        return adv_g(out) + (class_loss(out, aux[1]) if aux is not None else 0)
-    return loss_d, loss_g
+        return adversarial_g(out) + _class_loss(out, latent_labels, classes, weight)
+    return loss_d + _class_loss(out_real, real_labels, classes, weight), loss_g
 
 
 def train_generator(recipe: Recipe, out: str | Path | None = None, log_every: int = 500,

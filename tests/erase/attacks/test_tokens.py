@@ -28,7 +28,7 @@ def test_slots_sit_at_bpe_token_level_after_sot(clip_tokenizer):
     assert slots.tolist() == [[1, 2, 3]] and ids.shape == (1, 77)
     assert ids[0, 0] == plain[0] and ids[0, 4:4 + len(plain) - 1].tolist() == plain[1:]
     chosen = with_tokens(ids, slots, torch.tensor([[100, 200, 300]]))
-    assert chosen[0, 1:4].tolist() == [100, 200, 300] and torch.equal(chosen[0, 4:], ids[0, 4:])
+    assert chosen[0, 1:4].tolist() == [100, 200, 300] and torch.equal(chosen[0, 4:], ids[0, 4:])  # integer ids
     long_ids, _ = slotted_ids(clip_tokenizer, ["word " * 200], 5)
     assert long_ids.shape == (1, 77) and long_ids[0, -1] == clip_tokenizer.eos_token_id
     with pytest.raises(ValueError, match="between 1 and 75"):
@@ -64,6 +64,7 @@ def test_substituting_the_slots_own_embeddings_reproduces_the_encoder(tiny_pipe)
 def test_straight_through_gradient_reaches_the_distribution(tiny_pipe):
     probs = torch.full((2, 3, 50), 1 / 50, requires_grad=True)
     ids, one_hot = straight_through(probs, torch.Generator().manual_seed(0))
+    # exact: integer ids, and a one-hot row holds a single 1.0 and zeros, whose sum is exactly 1
     assert torch.equal(one_hot.detach().argmax(-1), ids) and one_hot.detach().sum(-1).eq(1).all()
     peaked = torch.zeros(1, 1, 50)
     peaked[0, 0, 7] = 1.0

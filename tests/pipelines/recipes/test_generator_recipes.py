@@ -78,3 +78,23 @@ def test_latent_class_gan_asks_each_latent_for_the_class_of_its_leading_coordina
     assert torch.allclose(art.generate(z), again.generate(z), atol=1e-6)  # same weights, reloaded: float noise only
     with pytest.raises(GeneratorError, match="latent coordinates"):
         DCGAN(8, 1, 16, 8, aux_classes=[10])
+
+
+def test_the_class_terms_reach_both_losses_with_their_weight():
+    torch.manual_seed(0)
+    model = DCGAN(12, 1, 16, 8, spectral_norm=True, aux_classes=[3, 2]).eval()  # eval: no power-iteration update
+    real, z = torch.rand(6, 1, 16, 16), torch.randn(6, 12)
+    real_labels = [torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 0, 1, 0, 1])]
+    latent_labels = latent_classes(z, [3, 2])
+    with torch.no_grad():
+        heads = lambda x: model.discriminator(x * 2 - 1)[:, 1:].split([3, 2], dim=1)  # noqa: E731
+        expected_d = sum(torch.nn.functional.cross_entropy(h, y) for h, y in zip(heads(real), real_labels))
+        expected_g = sum(torch.nn.functional.cross_entropy(h, y) for h, y in zip(heads(model.generator(z)),
+                                                                                 latent_labels))
+    for loss in recipes.LOSSES:
+        plain_d, plain_g = recipes._gan_losses(model.generator, model.discriminator, real, z, loss)
+        aux_d, aux_g = recipes._gan_losses(model.generator, model.discriminator, real, z, loss,
+                                           (real_labels, latent_labels, [3, 2], 0.5))
+        # the same forward passes, summed in another order: float32 rounding only
+        torch.testing.assert_close(aux_d - plain_d, 0.5 * expected_d, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(aux_g() - plain_g(), 0.5 * expected_g, rtol=1e-4, atol=1e-5)
