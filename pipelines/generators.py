@@ -5,8 +5,8 @@ Both map a latent vector z ~ N(0, I) to an image in [0, 1] through one module, `
 changes. A *generator artifact* is a folder:
 
     generator.json      format, kind (vae|gan), dataset, latent_dim, image_size, channels, width,
-                        spectral_norm, minibatch_std and aux_classes (GAN discriminator), recipe (steps, batch,
-                        lr, seed, data), training time and hardware
+                        spectral_norm, minibatch_std and aux_classes (GAN discriminator), class_inputs
+                        (GAN generator), recipe (steps, batch, lr, seed, data), training time and hardware
     model.safetensors   every tensor of the model (VAE: encoder + decoder; GAN: generator + discriminator)
     erase.json          only in an unlearned artifact: method, feature, config, base model and hash
 
@@ -57,14 +57,21 @@ def _levels(image_size: int) -> int:
 
 
 class ConvDecoder(nn.Module):
-    """z -> Linear -> (C, 4, 4) -> stride-2 transposed convs -> sigmoid image; optional BatchNorm (DCGAN)."""
+    """z -> Linear -> (C, 4, 4) -> stride-2 transposed convs -> sigmoid image; optional BatchNorm (DCGAN).
 
-    def __init__(self, latent_dim: int, channels: int, image_size: int, width: int, batchnorm: bool = False):
+    ``class_inputs`` (class counts per block of z): the Linear layer also reads the one-hot code of each
+    block's largest coordinate (``latent_classes``), so the class a latent names is a clean input and
+    never a blend of two near a cone's boundary; the module still maps z alone to an image.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, image_size: int, width: int, batchnorm: bool = False,
+                 class_inputs: Sequence[int] = ()):
         super().__init__()
         self.latent_dim, self.channels, self.image_size = latent_dim, channels, image_size
+        self.class_inputs = tuple(class_inputs)
         n = _levels(image_size)
         widths = [width * 2 ** (n - 1 - i) for i in range(n)]  # e.g. 128, 64, 32
-        self.fc = nn.Linear(latent_dim, widths[0] * 16)
+        self.fc = nn.Linear(latent_dim + sum(self.class_inputs), widths[0] * 16)
         self.fc_norm = nn.BatchNorm1d(widths[0] * 16) if batchnorm else nn.Identity()
         layers: list[nn.Module] = []
         for i in range(n - 1):
@@ -76,6 +83,9 @@ class ConvDecoder(nn.Module):
         self.first = widths[0]
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
+        if self.class_inputs:
+            codes = [F.one_hot(y, n).to(z.dtype) for y, n in zip(latent_classes(z, self.class_inputs), self.class_inputs)]
+            z = torch.cat([z, *codes], 1)
         h = F.relu(self.fc_norm(self.fc(z)))
         return self.up(h.view(len(z), self.first, 4, 4))
 
@@ -139,13 +149,14 @@ class DCGAN(nn.Module):
     kind = "gan"
 
     def __init__(self, latent_dim: int, channels: int, image_size: int, width: int, spectral_norm: bool = False,
-                 minibatch_std: bool = False, aux_classes: Sequence[int] = ()):
+                 minibatch_std: bool = False, aux_classes: Sequence[int] = (), class_inputs: bool = False):
         super().__init__()
         self.latent_dim, self.aux_classes = latent_dim, tuple(aux_classes)
         if sum(self.aux_classes) > latent_dim:
             raise GeneratorError(f"aux_classes {list(aux_classes)} need {sum(aux_classes)} latent coordinates, "
                                  f"latent_dim is {latent_dim}")
-        self.generator = ConvDecoder(latent_dim, channels, image_size, width, batchnorm=True)
+        self.generator = ConvDecoder(latent_dim, channels, image_size, width, batchnorm=True,
+                                     class_inputs=self.aux_classes if class_inputs else ())
         # column 0: the real/fake score; then one block of class logits per aux head (AC-GAN, Odena et al. 2017)
         self.discriminator = ConvEncoder(channels, image_size, width, 1 + sum(self.aux_classes), leaky=True,
                                          minibatch_std=minibatch_std)
@@ -173,11 +184,12 @@ def latent_classes(z: torch.Tensor, aux_classes: Sequence[int]) -> list[torch.Te
 
 
 def build_model(kind: str, latent_dim: int, channels: int, image_size: int, width: int,
-                spectral_norm: bool = False, minibatch_std: bool = False, aux_classes: Sequence[int] = ()) -> nn.Module:
+                spectral_norm: bool = False, minibatch_std: bool = False, aux_classes: Sequence[int] = (),
+                class_inputs: bool = False) -> nn.Module:
     if kind == "vae":
         return ConvVAE(latent_dim, channels, image_size, width)
     if kind == "gan":
-        return DCGAN(latent_dim, channels, image_size, width, spectral_norm, minibatch_std, aux_classes)
+        return DCGAN(latent_dim, channels, image_size, width, spectral_norm, minibatch_std, aux_classes, class_inputs)
     raise GeneratorError(f"unknown generator kind {kind!r}; known: {', '.join(KINDS)}")
 
 
@@ -271,7 +283,8 @@ def load_generator(name_or_path: str | Path) -> GeneratorArtifact:
             raise GeneratorError(f"{cfg_file} is not an {FORMAT} config (format={cfg.get('format')!r})")
         model = build_model(cfg["kind"], int(cfg["latent_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
                             int(cfg["width"]), bool(cfg.get("spectral_norm", False)),
-                            bool(cfg.get("minibatch_std", False)), [int(n) for n in cfg.get("aux_classes", [])])
+                            bool(cfg.get("minibatch_std", False)), [int(n) for n in cfg.get("aux_classes", [])],
+                            bool(cfg.get("class_inputs", False)))
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, GeneratorError):
             raise

@@ -46,7 +46,7 @@ def dataset_images(dataset: str, seed: int = 0, per_cell: int = 40) -> tuple[tor
 
 
 LOSSES = ("bce", "hinge")
-MINICANVAS_GAN_STEPS = 12000
+MINICANVAS_GAN_STEPS = 6000
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Recipe:
     # the generator is asked for the class its latent names (``latent_classes``: the leading coordinate of a block)
     latent_classes: bool = False
     aux_weight: float = 1.0  # weight of the class terms beside the adversarial loss
+    class_inputs: bool = False  # the generator also reads the one-hot of its latent's classes (ConvDecoder)
     checkpoint_every: int = 500
     data: dict = field(default_factory=dict)
 
@@ -81,20 +82,22 @@ RECIPES: dict[str, Recipe] = {
     # DCGAN: Adam 2e-4, beta1 0.5 (Radford et al. 2015, section 4)
     "digits-gan": Recipe("gan", "digits", latent_dim=8, width=32, steps=4000, batch=64, lr=2e-4, betas=(0.5, 0.999)),
     # SN-GAN (Miyato et al. 2018): hinge loss, spectral norm in D; Adam 2e-4, betas (0, 0.9), one D step per G step,
-    # plus the minibatch standard deviation in D (Karras et al. 2018): without it the same recipe lost the Neon
-    # style (0.05 % of 2,000 samples after 6,000 steps); with it every style kept >= 3.9 %. 10,000 steps: the
-    # confident-style share still rose from 6,000 (README "Shipped generators")
+    # plus the minibatch standard deviation in D (Karras et al. 2018), and an AC-GAN (Odena et al. 2017): D also
+    # learns each real render's style and object, G is asked for the style named by the largest of z[:11] and the
+    # object named by the largest of z[11:21] and reads their one-hot codes beside z (class_inputs), so every class
+    # is a cone of z: linearly editable, the setting feature unlearning assumes. On the 2,000-sample check after
+    # 6,000 steps: 100 % confident style, rarest object 5.75 %, FD_clf 3.9 (class weight 0.3: rarest object 4.95 %,
+    # FD_clf 5.4). Without the codes (cones only) the same AC-GAN drew 38-59 % confident styles in 6,000-16,000
+    # steps: latents near a cone's boundary were drawn as blends (README "Shipped generators")
     "minicanvas-gan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=MINICANVAS_GAN_STEPS, batch=64,
                              lr=2e-4, betas=(0.0, 0.9), loss="hinge", spectral_norm=True, minibatch_std=True,
-                             data={"per_cell": 60}),
-    # Experimental, not shipped: the same SN-GAN as an AC-GAN whose latent names its style (largest of z[:11]) and
-    # object (largest of z[11:21]), so that every class is a cone of z and linearly editable (the setting feature
-    # unlearning assumes). On the 2,000-sample check: 38 / 50 / 59 % confident style at 6,000 / 10,000 / 16,000
-    # steps (FD_clf 27 / 21 / 18.5; rarest object 1.2-2.1 %): below the shipped GAN's 84.5 % (README "Shipped
-    # generators")
-    "minicanvas-acgan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=MINICANVAS_GAN_STEPS, batch=64,
+                             latent_classes=True, class_inputs=True, data={"per_cell": 60}),
+    # Not shipped: the unconditional SN-GAN that minicanvas-gan was before (12,000 steps: 84.5 % confident style,
+    # Moon 2.5 %, FD_clf 12.4), kept to reproduce the README's comparison. Without the minibatch standard deviation
+    # it lost the Neon style (0.05 % of 2,000 samples after 6,000 steps). Its objects are not linearly editable.
+    "minicanvas-sngan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=12000, batch=64,
                                lr=2e-4, betas=(0.0, 0.9), loss="hinge", spectral_norm=True, minibatch_std=True,
-                               latent_classes=True, data={"per_cell": 60}),
+                               data={"per_cell": 60}),
 }
 
 
@@ -157,7 +160,7 @@ def train_generator(recipe: Recipe, out: str | Path | None = None, log_every: in
     aux_classes = [int(y.max()) + 1 for y in labels] if recipe.latent_classes else []
     model = build_model(recipe.kind, recipe.latent_dim, channels, size, recipe.width,
                         spectral_norm=recipe.spectral_norm, minibatch_std=recipe.minibatch_std,
-                        aux_classes=aux_classes)
+                        aux_classes=aux_classes, class_inputs=recipe.class_inputs)
     if recipe.kind == "vae":
         parts = {"model": model}
         opts = {"model": torch.optim.Adam(model.parameters(), lr=recipe.lr, betas=recipe.betas)}
@@ -195,7 +198,7 @@ def train_generator(recipe: Recipe, out: str | Path | None = None, log_every: in
     model.eval()
     cfg = {"kind": recipe.kind, "dataset": recipe.dataset, "latent_dim": recipe.latent_dim, "channels": channels,
            "image_size": size, "width": recipe.width, "spectral_norm": recipe.spectral_norm,
-           "minibatch_std": recipe.minibatch_std, "aux_classes": aux_classes,
+           "minibatch_std": recipe.minibatch_std, "aux_classes": aux_classes, "class_inputs": recipe.class_inputs,
            "recipe": asdict(recipe), "data": data, "train_seconds": round(time.time() - t0, 1),
            "hardware": f"{platform.machine()} CPU, torch threads {torch.get_num_threads()}"}
     if out is not None:

@@ -80,6 +80,35 @@ def test_latent_class_gan_asks_each_latent_for_the_class_of_its_leading_coordina
         DCGAN(8, 1, 16, 8, aux_classes=[10])
 
 
+def test_class_inputs_give_the_generator_the_one_hot_of_its_latent_s_classes(tmp_path):
+    model = DCGAN(12, 1, 16, 8, aux_classes=[3, 2], class_inputs=True).eval()
+    g = model.generator
+    assert g.fc.in_features == 12 + 3 + 2
+    z = torch.randn(5, 12, generator=torch.Generator().manual_seed(0))
+    style, obj = latent_classes(z, [3, 2])
+    codes = torch.cat([z, torch.nn.functional.one_hot(style, 3).float(), torch.nn.functional.one_hot(obj, 2).float()], 1)
+    with torch.no_grad():
+        by_hand = torch.sigmoid(g.up(torch.relu(g.fc_norm(g.fc(codes))).view(5, g.first, 4, 4)))
+        # the same layers on the same input in one process; a tolerance only for kernels that batch differently
+        torch.testing.assert_close(g(z), by_hand, rtol=1e-5, atol=1e-6)
+        swapped = z.clone()
+        swapped[:, [0, 1, 2]] = z[:, [1, 2, 0]]  # every latent names another style, its values otherwise kept
+        shuffled = torch.cat([swapped, codes[:, 12:]], 1)  # the raw coordinates move, the code does not
+        assert not torch.allclose(g(swapped), torch.sigmoid(g.up(torch.relu(g.fc_norm(g.fc(shuffled)))
+                                                                 .view(5, g.first, 4, 4))), atol=1e-4)
+    recipe = Recipe("gan", "digits", latent_dim=12, width=8, steps=3, batch=8, loss="hinge", latent_classes=True,
+                    class_inputs=True)
+    art = train_generator(recipe, tmp_path / "coded", log_every=0)
+    again = load_generator(tmp_path / "coded")
+    assert again.config["class_inputs"] is True and again.model.generator.fc.in_features == 12 + 10
+    z = seeded_latents(3, 4, 12)
+    assert torch.allclose(art.generate(z), again.generate(z), atol=1e-6)  # same weights, reloaded: float noise only
+    config = tmp_path / "coded" / "generator.json"
+    config.write_text(config.read_text().replace('"class_inputs": true', '"class_inputs": false'))
+    with pytest.raises(GeneratorError, match="does not fit"):
+        load_generator(tmp_path / "coded")  # weights that read a code do not load into a generator without one
+
+
 def test_the_class_terms_reach_both_losses_with_their_weight():
     torch.manual_seed(0)
     model = DCGAN(12, 1, 16, 8, spectral_norm=True, aux_classes=[3, 2]).eval()  # eval: no power-iteration update
