@@ -131,8 +131,9 @@ class Playground:
         if self.domain is not None:
             config = judges or EvalConfig(domain=self.domain.name, use_fid=False)
             try:
-                self.classifier, self.judge_name = load_classifier(config, self.domain, "cpu")
-                self.clip = load_clip(config, self.domain, "cpu")
+                # the judges run where the models do; they take CPU images and give CPU verdicts either way
+                self.classifier, self.judge_name = load_classifier(config, self.domain, device or "cpu")
+                self.clip = load_clip(config, self.domain, device or "cpu")
             except ValueError as err:  # e.g. the UnlearnCanvas world without its checkpoints: images only
                 self.judge_note = f"no verdicts: {str(err).splitlines()[0]}"
         else:

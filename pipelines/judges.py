@@ -56,14 +56,19 @@ class MiniCanvasClassifier(nn.Module):
         h = self.features(self.prepare(images))
         return self.style_head(h), self.object_head(h)
 
+    def _on_own_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(next(self.parameters()).device)
+
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' probabilities on the images' device; each batch runs where the classifier is (the
+        evaluation hands it images read from disk on the CPU whichever device it runs on)."""
         self.eval()
         styles, objects = [], []
         for i in range(0, len(images), batch_size):
-            s, o = self(images[i:i + batch_size])
-            styles.append(s.softmax(1))
-            objects.append(o.softmax(1))
+            s, o = self(self._on_own_device(images[i:i + batch_size]))
+            styles.append(s.softmax(1).to(images.device))
+            objects.append(o.softmax(1).to(images.device))
         return torch.cat(styles), torch.cat(objects)
 
     def predict(self, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +79,7 @@ class MiniCanvasClassifier(nn.Module):
     def embed(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Pooled 128-d features (the feature space of FD_clf)."""
         self.eval()
-        return torch.cat([self.features(self.prepare(images[i:i + batch_size]))
+        return torch.cat([self.features(self.prepare(self._on_own_device(images[i:i + batch_size]))).to(images.device)
                           for i in range(0, len(images), batch_size)])
 
     def save_pretrained(self, folder: str | Path, extra: dict | None = None) -> None:

@@ -19,6 +19,18 @@ def test_shipped_minicanvas_judge_is_accurate_on_fresh_held_out_renders():
     assert style_acc >= 0.98 and object_acc >= 0.98, (style_acc, object_acc)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_a_judge_on_the_gpu_takes_cpu_images_and_answers_on_the_cpu():
+    """unlearncanvas-eval reads its images from disk (CPU) and places the judge with accelerate (GPU)."""
+    judge = MiniCanvasClassifier.from_pretrained()
+    x, _, _ = render_tensors(per_cell=1, seed=424242)
+    on_cpu, on_gpu = judge.predict_proba(x), judge.to("cuda").predict_proba(x)
+    features = judge.embed(x)
+    assert on_gpu[0].device.type == "cpu" and features.device.type == "cpu"
+    for a, b in zip(on_cpu, on_gpu):  # other kernels on the GPU (TF32 convolutions): float noise only
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-2)
+
+
 def test_save_load_round_trip_and_corrupt_checkpoint(tmp_path):
     model = MiniCanvasClassifier(MINICANVAS.themes, MINICANVAS.objects, width=4).eval()
     model.save_pretrained(tmp_path / "c")
