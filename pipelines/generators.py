@@ -155,6 +155,8 @@ class DCGAN(nn.Module):
         if sum(self.aux_classes) > latent_dim:
             raise GeneratorError(f"aux_classes {list(aux_classes)} need {sum(aux_classes)} latent coordinates, "
                                  f"latent_dim is {latent_dim}")
+        if class_inputs and not self.aux_classes:
+            raise GeneratorError("class_inputs needs aux_classes: the codes are of the classes the latent names")
         self.generator = ConvDecoder(latent_dim, channels, image_size, width, batchnorm=True,
                                      class_inputs=self.aux_classes if class_inputs else ())
         # column 0: the real/fake score; then one block of class logits per aux head (AC-GAN, Odena et al. 2017)

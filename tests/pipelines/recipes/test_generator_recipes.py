@@ -107,6 +107,8 @@ def test_class_inputs_give_the_generator_the_one_hot_of_its_latent_s_classes(tmp
     config.write_text(config.read_text().replace('"class_inputs": true', '"class_inputs": false'))
     with pytest.raises(GeneratorError, match="does not fit"):
         load_generator(tmp_path / "coded")  # weights that read a code do not load into a generator without one
+    with pytest.raises(GeneratorError, match="needs aux_classes"):
+        DCGAN(12, 1, 16, 8, class_inputs=True)  # no classes named: refused, not a plain generator in silence
 
 
 def test_the_class_terms_reach_both_losses_with_their_weight():
