@@ -46,7 +46,6 @@ def dataset_images(dataset: str, seed: int = 0, per_cell: int = 40) -> tuple[tor
 
 
 LOSSES = ("bce", "hinge")
-MINICANVAS_GAN_STEPS = 6000
 
 
 @dataclass
@@ -89,7 +88,7 @@ RECIPES: dict[str, Recipe] = {
     # 6,000 steps: 100 % confident style, rarest object 5.75 %, FD_clf 3.9 (class weight 0.3: rarest object 4.95 %,
     # FD_clf 5.4). Without the codes (cones only) the same AC-GAN drew 38-59 % confident styles in 6,000-16,000
     # steps: latents near a cone's boundary were drawn as blends (README "Shipped generators")
-    "minicanvas-gan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=MINICANVAS_GAN_STEPS, batch=64,
+    "minicanvas-gan": Recipe("gan", "minicanvas", latent_dim=32, width=32, steps=6000, batch=64,
                              lr=2e-4, betas=(0.0, 0.9), loss="hinge", spectral_norm=True, minibatch_std=True,
                              latent_classes=True, class_inputs=True, data={"per_cell": 60}),
     # Not shipped: the unconditional SN-GAN that minicanvas-gan was before (12,000 steps: 84.5 % confident style,

@@ -87,15 +87,16 @@ def test_class_inputs_give_the_generator_the_one_hot_of_its_latent_s_classes(tmp
     z = torch.randn(5, 12, generator=torch.Generator().manual_seed(0))
     style, obj = latent_classes(z, [3, 2])
     codes = torch.cat([z, torch.nn.functional.one_hot(style, 3).float(), torch.nn.functional.one_hot(obj, 2).float()], 1)
+    def from_input(v: torch.Tensor) -> torch.Tensor:  # the generator's layers after its input is assembled
+        return torch.sigmoid(g.up(torch.relu(g.fc_norm(g.fc(v))).view(len(v), g.first, 4, 4)))
+
     with torch.no_grad():
-        by_hand = torch.sigmoid(g.up(torch.relu(g.fc_norm(g.fc(codes))).view(5, g.first, 4, 4)))
         # the same layers on the same input in one process; a tolerance only for kernels that batch differently
-        torch.testing.assert_close(g(z), by_hand, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g(z), from_input(codes), rtol=1e-5, atol=1e-6)
         swapped = z.clone()
         swapped[:, [0, 1, 2]] = z[:, [1, 2, 0]]  # every latent names another style, its values otherwise kept
-        shuffled = torch.cat([swapped, codes[:, 12:]], 1)  # the raw coordinates move, the code does not
-        assert not torch.allclose(g(swapped), torch.sigmoid(g.up(torch.relu(g.fc_norm(g.fc(shuffled)))
-                                                                 .view(5, g.first, 4, 4))), atol=1e-4)
+        stale_code = torch.cat([swapped, codes[:, 12:]], 1)  # the raw coordinates move, the code does not
+        assert not torch.allclose(g(swapped), from_input(stale_code), atol=1e-4)
     recipe = Recipe("gan", "digits", latent_dim=12, width=8, steps=3, batch=8, loss="hinge", latent_classes=True,
                     class_inputs=True)
     art = train_generator(recipe, tmp_path / "coded", log_every=0)
