@@ -101,34 +101,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                         device=args.device, progress=False, baseline_cache=work / "baseline-cache")
     _, device = evaluation_device(args.device)
     runs = []
-    with load_judges(config, device) as judges:  # one classifier, CLIP and reference set for every model
-        base_pipe, base_info = load_model(args.model, device=device)
-        base = score_model(base_pipe, base_info, work / "eval-base", [t for _, t in targets], config, judges)
-        base_rows = {r["target"]: _row(r) for r in base.targets}
-        for r in base.targets:
-            print(f"base   {r['kind']:6s} {r['target']:10s} UA {r['UA']:.1%}  IRA {r['IRA']:.1%}  CRA {r['CRA']:.1%}")
-        for method in args.methods:
-            for kind, target in targets:
-                options = _options(args.opt, method, kind)
-                t0 = time.perf_counter()
-                out, record = erase_concept(method, target, kind, model=args.model,
-                                            output=work / f"{method}-{target.lower()}", options=options,
-                                            seed=args.seed, overwrite=True, device=args.device)
-                wall = time.perf_counter() - t0
-                res = score_model(erased_copy(base_pipe, out), describe_model(args.model, artifact=out),
-                                  work / f"eval-{out.name}", [target], config, judges)
-                scores = _row(res.targets[0])
-                ok = all(scores[k] >= v for k, v in THRESHOLDS.items()) and wall < TIME_LIMIT_S
-                runs.append({"method": method, "target": target, "kind": kind, "seed": args.seed, **scores,
-                             "passes": ok, "erase_wall_seconds": round(wall, 1), "cost": record.cost,
-                             "config": record.config, "preset": record.preset, "cli_options": options,
-                             "run_info": record.run,
-                             "artifact": os.path.relpath(out), "artifact_sha256_16": folder_hash(out),
-                             "eval_seconds": res.seconds["total"],
-                             "per_theme_accuracy": res.accuracy["style"],
-                             "per_object_accuracy": res.accuracy["object"]})
-                print(f"{method:6s} {kind:6s} {target:10s} UA {scores['UA']:.1%}  IRA {scores['IRA']:.1%}  "
-                      f"CRA {scores['CRA']:.1%}  erase {wall:.0f} s  {'PASS' if ok else 'FAIL'}", flush=True)
+    judges = load_judges(config, device)  # one classifier, CLIP and reference set for every model
+    base_pipe, base_info = load_model(args.model, device=device)
+    base = score_model(base_pipe, base_info, work / "eval-base", [t for _, t in targets], config, judges)
+    base_rows = {r["target"]: _row(r) for r in base.targets}
+    for r in base.targets:
+        print(f"base   {r['kind']:6s} {r['target']:10s} UA {r['UA']:.1%}  IRA {r['IRA']:.1%}  CRA {r['CRA']:.1%}")
+    for method in args.methods:
+        for kind, target in targets:
+            options = _options(args.opt, method, kind)
+            t0 = time.perf_counter()
+            out, record = erase_concept(method, target, kind, model=args.model,
+                                        output=work / f"{method}-{target.lower()}", options=options,
+                                        seed=args.seed, overwrite=True, device=args.device)
+            wall = time.perf_counter() - t0
+            res = score_model(erased_copy(base_pipe, out), describe_model(args.model, artifact=out),
+                              work / f"eval-{out.name}", [target], config, judges)
+            scores = _row(res.targets[0])
+            ok = all(scores[k] >= v for k, v in THRESHOLDS.items()) and wall < TIME_LIMIT_S
+            runs.append({"method": method, "target": target, "kind": kind, "seed": args.seed, **scores,
+                         "passes": ok, "erase_wall_seconds": round(wall, 1), "cost": record.cost,
+                         "config": record.config, "preset": record.preset, "cli_options": options,
+                         "run_info": record.run,
+                         "artifact": os.path.relpath(out), "artifact_sha256_16": folder_hash(out),
+                         "eval_seconds": res.seconds["total"],
+                         "per_theme_accuracy": res.accuracy["style"],
+                         "per_object_accuracy": res.accuracy["object"]})
+            print(f"{method:6s} {kind:6s} {target:10s} UA {scores['UA']:.1%}  IRA {scores['IRA']:.1%}  "
+                  f"CRA {scores['CRA']:.1%}  erase {wall:.0f} s  {'PASS' if ok else 'FAIL'}", flush=True)
     result = {
         "benchmark": "erasure_minicanvas (issue 4 acceptance)", "thresholds": THRESHOLDS,
         "time_limit_seconds": TIME_LIMIT_S, "runs": runs,

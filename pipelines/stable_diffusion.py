@@ -8,7 +8,7 @@ anywhere and resumed at any point.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 import os
 import warnings
@@ -69,17 +69,27 @@ def _saved_scheduler_config(source: str, pipe: StableDiffusionPipeline) -> dict:
         return dict(pipe.scheduler.config)
 
 
-@functools.lru_cache(maxsize=8)
-def _folder_tokenizer(folder: str, stamp: float) -> CLIPTokenizer | None:
-    """The CLIP tokenizer of a local pipeline folder, parsed once per process and shared.
+_TOKENIZERS: dict[str, CLIPTokenizer] = {}  # sha256 of a tokenizer folder's files -> the tokenizer parsed from them
 
-    A tokenizer is never changed after loading, so pipelines may share one; parsing the 49,408-token
-    vocabulary costs about 0.3 s per load. ``stamp`` (the file's mtime) keys a rewritten folder anew.
+
+def _folder_tokenizer(folder: Path, files: Sequence[Path]) -> CLIPTokenizer | None:
+    """The CLIP tokenizer of a local pipeline folder, parsed once per process for each distinct set of files.
+
+    A tokenizer is never changed after loading, so pipelines may share one, and parsing the 49,408-token
+    vocabulary costs 0.3-0.7 s per load; a base model, its copies and the models saved from it all carry
+    the same files, so the key is their content, not the folder.
     """
-    index = json.loads((Path(folder) / "model_index.json").read_text())
+    index = json.loads((folder / "model_index.json").read_text())
     if list(index.get("tokenizer") or []) != ["transformers", "CLIPTokenizer"]:
         return None  # another tokenizer class: diffusers loads it as usual
-    return CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    digest = hashlib.sha256()
+    for f in (f for f in files if f.is_file()):
+        digest.update(f"{f.name}:{f.stat().st_size};".encode())
+        digest.update(f.read_bytes())
+    key = digest.hexdigest()
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    return _TOKENIZERS[key]
 
 
 @contextmanager
@@ -116,7 +126,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     source = resolve_model(model)
     files = sorted((Path(source) / "tokenizer").glob("*")) if Path(source).is_dir() else []
     if "tokenizer" not in components and files:
-        tokenizer = _folder_tokenizer(str(Path(source).absolute()), max(f.stat().st_mtime for f in files))
+        tokenizer = _folder_tokenizer(Path(source).absolute(), files)
         if tokenizer is not None:
             components["tokenizer"] = tokenizer
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -139,8 +139,7 @@ def fake_unlearncanvas(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minicanvas_judges():
     """The embedded world's judges (shipped classifier and CLIP, rendered reference set), loaded once."""
-    with load_judges(EvalConfig(device="cpu")) as judges:
-        yield judges
+    return load_judges(EvalConfig(device="cpu"))
 
 
 class TinyEval(NamedTuple):

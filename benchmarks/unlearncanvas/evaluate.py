@@ -131,54 +131,49 @@ def evaluate(pipe: StableDiffusionPipeline | None, config: EvalConfig, model_inf
     accelerator, device = evaluation_device(cfg.device)
     progress = cfg.progress and accelerator.is_local_main_process
     process = (accelerator.process_index, accelerator.num_processes)
-    own_judges = judges is None
-    judges = load_judges(cfg, device) if own_judges else judges
-    try:
-        if tuple(judges.classifier.themes) != domain.themes or tuple(judges.classifier.objects) != domain.objects:
-            raise UsageError(f"the judges' labels do not match the {domain.name} domain")
-        settings = SamplerSettings(steps=cfg.steps, guidance_scale=cfg.guidance, size=cfg.size,
-                                   photo_phrase=cfg.photo_phrase, ext=cfg.ext, seeds=list(cfg.seeds),
-                                   themes=None if cfg.themes == list(domain.themes) else list(cfg.themes),
-                                   objects=None if cfg.objects == list(domain.objects) else list(cfg.objects))
-        if manifest is not None:  # the answer set's own sampler (scheduler, eta) is what its images were made with
-            settings = dataclasses.replace(settings, scheduler=manifest.get("scheduler", settings.scheduler),
-                                           eta=manifest.get("eta", settings.eta))
-        key = model_info.get("key")
-        plan = batch_plan(pipe, cfg, device)
-        cfg = dataclasses.replace(cfg, batch_size=plan.batch)
-        gen_info: dict[str, Any] = {"generated": 0, "seconds": 0.0}
-        if pipe is not None:
-            if accelerator.is_main_process:
-                check_answer_folder(cfg.answer_dir, settings, key)
-            accelerator.wait_for_everyone()
-            gen_info = generate_answer_set(pipe, cfg.answer_dir, domain, settings, key, cfg.batch_size, *process,
-                                           progress=progress)
-            gen_info["processes"] = accelerator.num_processes
-            accelerator.wait_for_everyone()
-        gen_info["batch"] = plan.to_json()
-        answer = read_answer_set(cfg.answer_dir, domain, cfg.seeds, cfg.ext, settings.themes, settings.objects)
-        t_score = time.perf_counter()
-        scores = score(answer, domain, judges, cfg.targets, cfg.photo_phrase, progress, *process, device)
-        score_seconds = time.perf_counter() - t_score
-        if scores.get("clip") is not None:
-            scores["clip"]["baseline"], base_pipe = _baseline(pipe, base_pipe, model_info, cfg, settings, judges,
-                                                              scores, accelerator, device, progress)
-        robustness = None
-        if attack is not None:
-            if base_pipe is None:
-                base_pipe = (load_pipeline(model_info["base"], device=device, progress=cfg.progress)
-                             if model_info.get("artifact") else pipe)
-            robustness = evaluate_robustness(
-                pipe, base_pipe, domain, list(cfg.targets), judges.classifier, cfg.attack, attack, list(cfg.seeds),
-                cfg.attack_prompts, judges.classifier_name, None if cfg.out is None else cfg.out / ".attack",
-                key, process, progress, answer, cfg.photo_phrase)
-            by_target = {r["target"]: r for r in robustness["targets"]}
-            for row in scores["targets"]:
-                if row["target"] in by_target:
-                    row["pre_ASR"], row["ASR"] = by_target[row["target"]]["pre_asr"], by_target[row["target"]]["asr"]
-    finally:
-        if own_judges:
-            judges.close()
+    judges = load_judges(cfg, device) if judges is None else judges
+    if tuple(judges.classifier.themes) != domain.themes or tuple(judges.classifier.objects) != domain.objects:
+        raise UsageError(f"the judges' labels do not match the {domain.name} domain")
+    settings = SamplerSettings(steps=cfg.steps, guidance_scale=cfg.guidance, size=cfg.size,
+                               photo_phrase=cfg.photo_phrase, ext=cfg.ext, seeds=list(cfg.seeds),
+                               themes=None if cfg.themes == list(domain.themes) else list(cfg.themes),
+                               objects=None if cfg.objects == list(domain.objects) else list(cfg.objects))
+    if manifest is not None:  # the answer set's own sampler (scheduler, eta) is what its images were made with
+        settings = dataclasses.replace(settings, scheduler=manifest.get("scheduler", settings.scheduler),
+                                       eta=manifest.get("eta", settings.eta))
+    key = model_info.get("key")
+    plan = batch_plan(pipe, cfg, device)
+    cfg = dataclasses.replace(cfg, batch_size=plan.batch)
+    gen_info: dict[str, Any] = {"generated": 0, "seconds": 0.0}
+    if pipe is not None:
+        if accelerator.is_main_process:
+            check_answer_folder(cfg.answer_dir, settings, key)
+        accelerator.wait_for_everyone()
+        gen_info = generate_answer_set(pipe, cfg.answer_dir, domain, settings, key, cfg.batch_size, *process,
+                                       progress=progress)
+        gen_info["processes"] = accelerator.num_processes
+        accelerator.wait_for_everyone()
+    gen_info["batch"] = plan.to_json()
+    answer = read_answer_set(cfg.answer_dir, domain, cfg.seeds, cfg.ext, settings.themes, settings.objects)
+    t_score = time.perf_counter()
+    scores = score(answer, domain, judges, cfg.targets, cfg.photo_phrase, progress, *process, device)
+    score_seconds = time.perf_counter() - t_score
+    if scores.get("clip") is not None:
+        scores["clip"]["baseline"], base_pipe = _baseline(pipe, base_pipe, model_info, cfg, settings, judges,
+                                                          scores, accelerator, device, progress)
+    robustness = None
+    if attack is not None:
+        if base_pipe is None:
+            base_pipe = (load_pipeline(model_info["base"], device=device, progress=cfg.progress)
+                         if model_info.get("artifact") else pipe)
+        robustness = evaluate_robustness(
+            pipe, base_pipe, domain, list(cfg.targets), judges.classifier, cfg.attack, attack, list(cfg.seeds),
+            cfg.attack_prompts, judges.classifier_name, None if cfg.out is None else cfg.out / ".attack",
+            key, process, progress, answer, cfg.photo_phrase)
+        by_target = {r["target"]: r for r in robustness["targets"]}
+        for row in scores["targets"]:
+            if row["target"] in by_target:
+                row["pre_ASR"], row["ASR"] = by_target[row["target"]]["pre_asr"], by_target[row["target"]]["asr"]
     summary = summarize(scores["targets"])  # after the base figures and ASR joined the rows
     with Image.open(answer.paths[0]) as im:
         image_size = im.size[0]

@@ -2,13 +2,16 @@
 
 Style/object classifier, CLIP scorer, FID feature space and the FID reference set: a wrong path
 or a missing file fails here, in seconds, with one line. The MiniCanvas reference set is
-rendered into a temporary folder from the embedded model's training seed; ``Judges`` removes it
-on ``close()`` (or at the end of a ``with`` block).
+rendered into a temporary folder from the embedded model's training seed, once per process, and
+removed when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,18 +53,6 @@ class Judges:
     # content hashes (first 16 hex digits) of every judge's weights and of the reference set: what makes two
     # results comparable, whatever the files are called (leaderboard.comparability)
     hashes: dict[str, str | None] = field(default_factory=dict)
-    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
-
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self) -> "Judges":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def load_classifier(config: EvalConfig, domain: Domain, device: torch.device | str
@@ -109,13 +100,26 @@ def load_fid_space(config: EvalConfig, clip: ClipScorer | None, device: torch.de
     return ClipFeatures(clip)
 
 
-def load_reference(config: EvalConfig, domain: Domain, tmp: Path) -> Reference:
+@functools.lru_cache(maxsize=2)
+def _minicanvas_reference(seed: int, per_cell: int) -> Path:
+    """The MiniCanvas reference renders, drawn once per process and removed at its exit.
+
+    Rendering is deterministic in the seed and takes most of a judge load (0.6 s of 0.8 s), and a figure
+    script or the test suite loads the judges many times; its files are only read, and every load hashes
+    them again (``reference_sha256``), so a changed file would show in the results.
+    """
+    folder = tempfile.mkdtemp(prefix="minicanvas-reference-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return write_dataset(Path(folder) / "renders", per_cell=per_cell, seed=seed)
+
+
+def load_reference(config: EvalConfig, domain: Domain) -> Reference:
     """The protocol's FID reference set (every cell; the scorer leaves a target's cells out)."""
     if config.dataset:
         root, desc = Path(config.dataset), relative_path(config.dataset)
     elif domain.name == "minicanvas":
         seed = RecipeConfig().data_seed
-        root = write_dataset(tmp / "minicanvas-reference", per_cell=REFERENCE_PER_CELL, seed=seed)
+        root = _minicanvas_reference(seed, REFERENCE_PER_CELL)
         desc = f"MiniCanvas renders, data seed {seed} (the embedded model's training seed)"
     else:
         raise UsageError("FID on the unlearncanvas domain needs --dataset (the UnlearnCanvas folder) or --no-fid")
@@ -153,11 +157,6 @@ def load_judges(config: EvalConfig, device: torch.device | str = "cpu") -> Judge
     if fid_space is not None:
         judges.hashes["fid_features"] = (clip_hash if isinstance(fid_space, ClipFeatures)
                                          else file_sha256(config.inception_weights)[:16])
-        judges._tmp = tempfile.TemporaryDirectory(prefix="unlearncanvas-eval-")
-        try:
-            judges.reference = load_reference(config, domain, Path(judges._tmp.name))
-            judges.hashes["fid_reference"] = reference_sha256(judges.reference)
-        except BaseException:
-            judges.close()
-            raise
+        judges.reference = load_reference(config, domain)
+        judges.hashes["fid_reference"] = reference_sha256(judges.reference)
     return judges

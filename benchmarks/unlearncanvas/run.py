@@ -140,7 +140,8 @@ def run(config: EvalConfig, model: str | None = None, artifact: str | None = Non
         config = config.from_manifest(config.answer_manifest())
     config = config.resolved(concept)
     accelerator, device = evaluation_device(config.device)
-    with restore_threads(), load_judges(config, device) as judges:
+    with restore_threads():
+        judges = load_judges(config, device)
         pipe, info = (None, None) if score_only else load_model(model, artifact, device=device, dtype=dtype,
                                                                 progress=config.progress)
         work = sum(p.numel() for p in pipe.unet.parameters()) if pipe else SMALL_MODEL  # scoring only: batched judges

@@ -8,12 +8,15 @@ from PIL import Image
 
 from benchmarks.unlearncanvas.answer_set import AnswerSetError, load_images, read_answer_set
 from benchmarks.unlearncanvas.evaluate import SCHEMA, EvalConfig, Results, evaluate
-from benchmarks.unlearncanvas.judges import Judges, load_reference
+from benchmarks.unlearncanvas.judges import REFERENCE_PER_CELL, Judges, Reference, load_reference, reference_sha256
 from benchmarks.unlearncanvas.protocol import answer_file_name
 from benchmarks.unlearncanvas.report import GRID_PNG, RESULTS_JSON, RESULTS_MD
 from benchmarks.unlearncanvas.scorers.clip import ClipScorer
 from benchmarks.unlearncanvas.scorers.fid import ClipFeatures, frechet_distance
 from erase.concepts import MINICANVAS, UNLEARNCANVAS
+from erase.data.layout import read_layout, reference_images
+from erase.data.minicanvas import write_dataset
+from pipelines.recipes.minicanvas_sd import RecipeConfig
 from tests.benchmarks.unlearncanvas.scorers.test_clip import register_tiny_open_clip
 
 KEYS = ["schema", "label", "domain", "model", "targets", "summary", "answer_set", "classifier", "accuracy", "clip",
@@ -116,7 +119,7 @@ def test_unlearncanvas_layout_with_real_names_is_scored(tmp_path, fake_unlearnca
                      dataset=fake_unlearncanvas, out=tmp_path / "out", device="cpu", progress=False)
     clip = ClipScorer.from_open_clip(arch, cfg.clip_pretrained)
     judges = Judges(FirstLabelJudge(), "first-label judge", clip, ClipFeatures(clip),
-                    load_reference(cfg, UNLEARNCANVAS, tmp_path))
+                    load_reference(cfg, UNLEARNCANVAS))
     res = evaluate(None, cfg, judges=judges).to_json()
     assert res == json.loads((tmp_path / "out" / RESULTS_JSON).read_text())
     van_gogh, dogs = res["targets"]
@@ -168,3 +171,13 @@ def test_judges_of_another_domain_are_refused(tiny_pipe, minicanvas_judges, tmp_
     with pytest.raises(ValueError, match="loads no model"):
         evaluate(None, EvalConfig(out=tmp_path / "out"), model_info={"artifact": "erased/esd-candy"})
     assert not (tmp_path / "out").exists()
+
+
+def test_the_minicanvas_reference_is_rendered_once_and_equals_a_fresh_render(minicanvas_judges, tmp_path):
+    """Every judge load of a process reads the same renders; they hash as a render made now does."""
+    again = load_reference(EvalConfig(device="cpu"), MINICANVAS)
+    assert again.paths == minicanvas_judges.reference.paths
+    fresh = write_dataset(tmp_path / "fresh", per_cell=REFERENCE_PER_CELL, seed=RecipeConfig().data_seed)
+    paths = reference_images(read_layout(fresh, MINICANVAS), indices=range(1, REFERENCE_PER_CELL + 1))
+    assert len(paths) == len(again.paths) == 110 * REFERENCE_PER_CELL
+    assert reference_sha256(Reference(paths, None, None, "")) == minicanvas_judges.hashes["fid_reference"]
