@@ -116,7 +116,7 @@ class Playground:
             raise ArtifactError("give at least one --artifact folder made by erase-concept")
         records = [read_record(a) for a in artifacts]
         self.bounds = bounds
-        self.base = base if base is not None else load_pipeline(base_id(records[0], model))
+        self.base = base if base is not None else load_pipeline(base_id(records[0], artifacts[0], model))
         self.erased: dict[str, StableDiffusionPipeline] = {}
         self.metadata: dict[str, EraseRecord] = {}
         for folder, record in zip(artifacts, records):

@@ -36,7 +36,7 @@ from pipelines.weights import CheckpointError, read_tensors
 
 ERASE_JSON = "erase.json"
 PARTIAL_FILE = "changed.safetensors"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a local base is recorded relative to the artifact (base_model.folder)
 PARTIAL_BELOW = 0.25  # "auto" stores only the trained tensors when they are under 25% of the component
 COMPONENT_FORMATS = ("full", "partial")
 
@@ -57,7 +57,7 @@ class EraseRecord:
     domain: str | None  # minicanvas | unlearncanvas | None
     config: dict[str, Any]  # every method option, after presets and overrides
     preset: dict[str, Any] | None  # {"name", "overrides"} when a world preset applied
-    base_model: dict[str, Any]  # {"id", "type": diffusion|generator}
+    base_model: dict[str, Any]  # {"id", "type": diffusion|generator, "folder" for a local base: base_entry}
     seed: int
     trainer: dict[str, Any] | None  # TrainerConfig; None for a closed-form edit
     train: dict[str, Any]  # kind, steps, final_loss, resumed_from, first/last losses
@@ -95,6 +95,29 @@ class EraseRecord:
         if not isinstance(record.base_model, dict) or "id" not in record.base_model:
             raise ArtifactError(f"{source}: base_model lacks key 'id'")
         return record
+
+
+def base_entry(base_id: str, model_type: str, folder: Path | None, artifact_dir: Path) -> dict[str, Any]:
+    """``erase.json``'s ``base_model``: a hub id or shipped name as it is; a user's model folder by its name
+    and its path relative to the artifact (``folder``), so that an artifact names no folder of the machine it
+    was made on and still finds its base where the two move together."""
+    if folder is None:
+        return {"id": base_id, "type": model_type}
+    relative = Path(os.path.relpath(Path(folder).absolute(), Path(artifact_dir).absolute())).as_posix()
+    return {"id": Path(folder).absolute().name, "type": model_type, "folder": relative}
+
+
+def base_location(record: EraseRecord, artifact_dir: str | Path) -> str:
+    """Where the recorded base loads from: ``folder`` taken from the artifact's own folder, else ``id`` (a hub
+    id, a shipped name, or the absolute path an artifact of format_version 2 recorded)."""
+    folder = record.base_model.get("folder")
+    if folder is None:
+        return str(record.base_model["id"])
+    path = Path(os.path.normpath(Path(artifact_dir).absolute() / folder))
+    if not path.is_dir():
+        raise ArtifactError(f"{artifact_dir} was made on the model folder {folder} (relative to the artifact), "
+                            f"which is not at {path}; name the base with --model")
+    return str(path)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 
 from erase import checkpoint as ckpt
-from erase.artifacts import ArtifactError, EraseRecord, check_output, save_artifact
+from erase.artifacts import ArtifactError, EraseRecord, base_entry, check_output, save_artifact
 from erase.concepts import Concept, ConceptError, resolve_concept
 from erase.memory import BatchPlan, free_device_bytes, plan_method_batch
 from erase.data.layout import DatasetLayoutError
@@ -99,6 +99,11 @@ class BaseModel:
     id: str  # what erase.json records
     world: str | None  # the preset world: minicanvas for the embedded model, a shipped generator's dataset
     folder: Path | None  # never written to
+    local: bool = False  # a user's folder (not the embedded model or a shipped generator): recorded by its path
+
+    def entry(self, model_type: str, artifact_dir: Path) -> dict:
+        """What erase.json records (``erase.artifacts.base_entry``)."""
+        return base_entry(self.id, model_type, self.folder if self.local else None, artifact_dir)
 
 
 def resolve_base(cls: type[Method], model: str | None) -> BaseModel:
@@ -109,12 +114,12 @@ def resolve_base(cls: type[Method], model: str | None) -> BaseModel:
         path = resolve_generator(model)
         shipped = path.parent == SHIPPED_ROOT
         world = load_generator(path).dataset or None
-        return BaseModel(str(path), path.name if shipped else str(path.absolute()), world, path)
+        return BaseModel(str(path), path.name if shipped else str(path.absolute()), world, path, local=not shipped)
     source = resolve_model(model)
     if Path(source) == EMBEDDED_MODEL_DIR:
         return BaseModel(source, EMBEDDED_MODEL_NAME, "minicanvas", EMBEDDED_MODEL_DIR)
     folder = Path(source) if Path(source).is_dir() else None
-    return BaseModel(source, str(folder.absolute()) if folder else source, None, folder)
+    return BaseModel(source, str(folder.absolute()) if folder else source, None, folder, local=folder is not None)
 
 
 def erase_concept(method: str, concept: str, kind: str | None = None, model: str | None = None,
@@ -209,7 +214,7 @@ def erase_concept(method: str, concept: str, kind: str | None = None, model: str
             method=cls.name, method_kind=cls.kind, concept=target.text, concept_name=target.name, kind=target.kind,
             domain=target.domain.name if target.domain else None, config=dataclasses.asdict(config),
             preset={"name": found.name, "overrides": preset_used} if preset_used else None,
-            base_model={"id": base.id, "type": cls.model_type}, seed=seed,
+            base_model=base.entry(cls.model_type, out), seed=seed,
             trainer=None if closed_form else trainer_record,
             train={"kind": result.kind, "steps": result.steps, "final_loss": result.final_loss,
                    "resumed_from": result.resumed_from, "first_losses": result.losses[:5],

@@ -15,16 +15,17 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from erase.artifacts import ArtifactError, EraseRecord, apply_artifact, read_record
+from erase.artifacts import ArtifactError, EraseRecord, apply_artifact, base_location, read_record
 from pipelines.generators import GeneratorArtifact, load_generator
 from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, load_pipeline
 
 
-def base_id(record: EraseRecord, model: str | os.PathLike | None = None) -> str | None:
-    """The base model to load: ``model`` when given, else the one named in the record (None = embedded)."""
+def base_id(record: EraseRecord, artifact_dir: str | os.PathLike,
+            model: str | os.PathLike | None = None) -> str | None:
+    """The base model to load: ``model`` when given, else the one the artifact records (None = embedded)."""
     if model is not None:
         return str(model)
-    found = record.base_model.get("id")
+    found = base_location(record, artifact_dir)
     return None if found == EMBEDDED_MODEL_NAME else found
 
 
@@ -41,9 +42,9 @@ def load_erased_pipeline(artifact_dir: str | os.PathLike, device: str | torch.de
     record = read_record(artifact_dir)
     if record.base_model.get("type", "diffusion") != "diffusion":
         raise ArtifactError(f"{artifact_dir} erases a {record.base_model.get('type')}, not a diffusion model")
-    chosen = base_id(record, model)
+    chosen = base_id(record, artifact_dir, model)
     pipe = load_pipeline(chosen, dtype=torch.float32, progress=progress)
-    transfer = model is not None and not _same_base(chosen, record)
+    transfer = model is not None and not _same_base(chosen, record, artifact_dir)
     apply_artifact(artifact_dir, {name: getattr(pipe, name, None) for name in record.components}, transfer=transfer)
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
@@ -52,9 +53,12 @@ def load_erased_pipeline(artifact_dir: str | os.PathLike, device: str | torch.de
     return pipe
 
 
-def _same_base(chosen: str | None, record: EraseRecord) -> bool:
+def _same_base(chosen: str | None, record: EraseRecord, artifact_dir: str | os.PathLike) -> bool:
     """Whether ``chosen`` names the base the artifact records (by id, or as the same folder)."""
-    recorded = base_id(record)
+    try:
+        recorded = base_id(record, artifact_dir)
+    except ArtifactError:  # the recorded folder is not here: another model was named, a transfer
+        return False
     if chosen == recorded:
         return True
     if chosen is None or recorded is None:
@@ -87,7 +91,7 @@ def load_erased_generator(artifact_dir: str | os.PathLike, model: str | os.PathL
     if record.base_model.get("type") != "generator":
         raise ArtifactError(f"{artifact_dir} erases a {record.base_model.get('type', 'diffusion')} model, "
                             f"not a GAN/VAE generator")
-    base = load_generator(model if model is not None else record.base_model["id"])
+    base = load_generator(model if model is not None else base_location(record, artifact_dir))
     apply_artifact(artifact_dir, {name: getattr(base.model, name, None) for name in record.components})
     return GeneratorArtifact(base.model.eval(), dict(base.config, unlearned={"artifact": str(artifact_dir)}),
                              Path(artifact_dir))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 
-from erase.artifacts import TransferWarning, read_record
+from erase.artifacts import ArtifactError, EraseRecord, TransferWarning, base_location, read_record
 from erase.loading import load_erased_pipeline
 from erase.provenance import file_sha256, folder_hash, module_sha256, relative_path
 from pipelines.stable_diffusion import EMBEDDED_MODEL_NAME, load_pipeline, resolve_model
@@ -37,11 +37,19 @@ def _describe_base(model: str | None) -> dict[str, Any]:
     return info
 
 
+def _recorded_base(record: EraseRecord, artifact: str | Path) -> str:
+    """The base the artifact records; its bare name when its folder is not here (loading says so, in one line)."""
+    try:
+        return base_location(record, artifact)
+    except ArtifactError:
+        return str(record.base_model["id"])
+
+
 def describe_model(model: str | None = None, artifact: str | Path | None = None) -> dict[str, Any]:
     """What ``results.json`` says about the model, with the hashes that key its answer set (``key``)."""
     if artifact is not None:
         record = read_record(artifact)
-        info = {**_describe_base(model or record.base_model.get("id")), "artifact": relative_path(artifact),
+        info = {**_describe_base(model or _recorded_base(record, artifact)), "artifact": relative_path(artifact),
                 "method": record.method, "concept": record.concept, "artifact_config": record.config,
                 "erase_json_sha256_16": file_sha256(Path(artifact) / "erase.json")[:16],
                 "weights_sha256_16": folder_hash(artifact)}

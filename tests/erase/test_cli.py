@@ -1,8 +1,11 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from erase.artifacts import read_record
+from erase.artifacts import ArtifactError, read_record
 from erase.cli import MAX_NAME_BYTES, _slug, main
 from erase.loading import load_erased_pipeline
 from pipelines.stable_diffusion import generate
@@ -127,6 +130,43 @@ def test_end_to_end_then_existing_and_unwritable_outputs(tiny_sd_dir, tiny_pipe,
         code, _, err = _run(["--method", "esd", "--concept", "Fire", "--model", str(tiny_sd_dir), "--output",
                              str(bad), *FAST], capsys)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_a_local_base_is_recorded_relative_to_the_artifact_and_found_when_both_move(tiny_sd_dir, tiny_pipe, tmp_path,
+                                                                                     capsys):
+    """erase.json names no folder of the machine it was made on; artifact and base moved together still load."""
+    shutil.copytree(tiny_sd_dir, tmp_path / "here" / "models" / "tiny-sd")
+    out = tmp_path / "here" / "erased" / "esd-candy"
+    base = tmp_path / "here" / "models" / "tiny-sd"
+    code, _, err = _run(["--method", "esd", "--concept", "Candy", "--model", str(base), "--output", str(out), *FAST],
+                        capsys)
+    assert code == 0, err
+    record = json.loads((out / "erase.json").read_text())
+    assert record["base_model"] == {"id": "tiny-sd", "type": "diffusion", "folder": "../../models/tiny-sd"}
+    assert not [s for s in _strings(record) if s.startswith("/") or str(tmp_path) in s]
+    prompt = ["A Fish image in Candy style."]
+    want = generate(load_erased_pipeline(out), prompt, [1], steps=2)
+    (tmp_path / "there").mkdir()
+    shutil.move(tmp_path / "here", tmp_path / "there" / "moved")  # both together, elsewhere
+    moved = tmp_path / "there" / "moved" / "erased" / "esd-candy"
+    # the same weights loaded from the moved folders: the same images (bit-exact: same process, same batch)
+    assert np.array_equal(generate(load_erased_pipeline(moved), prompt, [1], steps=2), want)
+    shutil.move(moved, tmp_path / "alone")  # the artifact without its base: one line that says what to do
+    with pytest.raises(ArtifactError, match="relative to the artifact.*name the base with --model"):
+        load_erased_pipeline(tmp_path / "alone")
+    assert load_erased_pipeline(tmp_path / "alone", model=tiny_sd_dir) is not None  # named: loads
+    assert not np.array_equal(want, generate(tiny_pipe, prompt, [1], steps=2))
 
 
 def test_config_file_and_overrides_layer_in_order(tiny_sd_dir, tmp_path, capsys):
