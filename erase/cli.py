@@ -101,7 +101,7 @@ class BaseModel:
     folder: Path | None  # never written to
     local: bool = False  # a user's folder (not the embedded model or a shipped generator): recorded by its path
 
-    def entry(self, model_type: str, artifact_dir: Path) -> dict:
+    def entry(self, model_type: str, artifact_dir: Path) -> dict[str, Any]:
         """What erase.json records (``erase.artifacts.base_entry``)."""
         return base_entry(self.id, model_type, self.folder if self.local else None, artifact_dir)
 

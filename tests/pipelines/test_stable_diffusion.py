@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline
@@ -78,14 +81,12 @@ def test_quiet_loading_silences_the_libraries_bars_and_restores_their_settings(t
 def test_folders_with_equal_tokenizer_files_share_one_tokenizer_and_another_vocabulary_gets_its_own(
         tiny_sd_dir, tmp_path):
     """Tokenizers are keyed by their files' content, not the folder: a copy shares the parsed one."""
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(tiny_sd_dir, copy)
     assert load_pipeline(copy).tokenizer is load_pipeline(tiny_sd_dir).tokenizer
     changed = tmp_path / "changed"
     shutil.copytree(tiny_sd_dir, changed)
     config = changed / "tokenizer" / "tokenizer_config.json"
-    config.write_text(config.read_text().replace('"model_max_length": 77', '"model_max_length": 76'))
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 76}))
     other = load_pipeline(changed).tokenizer
     assert other is not load_pipeline(tiny_sd_dir).tokenizer and other.model_max_length == 76
