@@ -15,10 +15,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from benchmarks.unlearncanvas.answer_set import load_images
 from benchmarks.unlearncanvas.config import EvalConfig, UsageError
 from benchmarks.unlearncanvas.scorers.classifier import StyleObjectClassifier, UnlearnCanvasClassifier
 from benchmarks.unlearncanvas.scorers.clip import ClipScorer
@@ -53,6 +55,16 @@ class Judges:
     # content hashes (first 16 hex digits) of every judge's weights and of the reference set: what makes two
     # results comparable, whatever the files are called (leaderboard.comparability)
     hashes: dict[str, str | None] = field(default_factory=dict)
+    _reference_features: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def reference_features(self, indices: Sequence[int], size: int) -> torch.Tensor:
+        """FID features of the reference images ``indices`` resized to ``size`` px, each computed once per
+        ``Judges``: a figure script scores many models against one reference set with the same judges."""
+        missing = [i for i in indices if (size, i) not in self._reference_features]
+        if missing:
+            features = self.fid_space(load_images([self.reference.paths[i] for i in missing], size=size))
+            self._reference_features.update({(size, i): f for i, f in zip(missing, features)})
+        return torch.stack([self._reference_features[(size, i)] for i in indices])
 
 
 def load_classifier(config: EvalConfig, domain: Domain, device: torch.device | str

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from benchmarks.unlearncanvas.answer_set import AnswerSet, load_images
+from benchmarks.unlearncanvas.answer_set import AnswerSet
 from benchmarks.unlearncanvas.judges import Judges
 from benchmarks.unlearncanvas.metrics import (
     removal_from_counts, table_from_counts, target_cells, unlearncanvas_scores)
@@ -74,8 +74,8 @@ def score(answer: AnswerSet, domain: Domain, judges: Judges, targets: Sequence[s
         for k in tqdm(chunks, desc="reference features", disable=not progress, mininterval=5):
             if k // CHUNK % num_processes == process_index:
                 part = kept[k:k + CHUNK]
-                fid.update(fid_space(load_images([ref.paths[i] for i in part], size=size)),
-                           torch.from_numpy(ref.themes[part]), torch.from_numpy(ref.objects[part]), real=True)
+                fid.update(judges.reference_features(part, size), torch.from_numpy(ref.themes[part]),
+                           torch.from_numpy(ref.objects[part]), real=True)
 
     counts = accuracy.counts()
     total = counts[0]

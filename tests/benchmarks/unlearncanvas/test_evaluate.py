@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -181,3 +182,16 @@ def test_the_minicanvas_reference_is_rendered_once_and_equals_a_fresh_render(min
     paths = reference_images(read_layout(fresh, MINICANVAS), indices=range(1, REFERENCE_PER_CELL + 1))
     assert len(paths) == len(again.paths) == 110 * REFERENCE_PER_CELL
     assert reference_sha256(Reference(paths, None, None, "")) == minicanvas_judges.hashes["fid_reference"]
+
+
+def test_reference_features_are_computed_once_per_judges(minicanvas_judges):
+    judges = dataclasses.replace(minicanvas_judges, _reference_features={})  # the session's judges stay as they are
+    space, calls = judges.fid_space, []
+    judges.fid_space = lambda x: (calls.append(len(x)), space(x))[1]
+    first = judges.reference_features([0, 1, 2], 32)
+    second = judges.reference_features([1, 2, 3], 32)
+    assert calls == [3, 1]  # images 1 and 2 were not computed again
+    assert torch.equal(first[1:], second[:2])  # the same stored tensors
+    direct = space(load_images(judges.reference.paths[:3], size=32))
+    # the same images through the same network in the same batch: equal up to float32 rounding
+    torch.testing.assert_close(first, direct, rtol=1e-5, atol=1e-6)
