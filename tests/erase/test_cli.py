@@ -8,7 +8,9 @@ import torch
 from erase.artifacts import ArtifactError, read_record
 from erase.cli import MAX_NAME_BYTES, _slug, main
 from erase.loading import load_erased_pipeline
+from erase.provenance import module_sha256
 from pipelines.stable_diffusion import generate
+from tests.benchmarks.unlearncanvas.test_comparability import json_strings
 
 FAST = ["--steps", "3", "--quiet", "ddim_steps=3"]
 
@@ -132,17 +134,6 @@ def test_end_to_end_then_existing_and_unwritable_outputs(tiny_sd_dir, tiny_pipe,
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
 
 
-def _strings(value):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
 def test_a_local_base_is_recorded_relative_to_the_artifact_and_found_when_both_move(tiny_sd_dir, tiny_pipe, tmp_path,
                                                                                      capsys):
     """erase.json names no folder of the machine it was made on; artifact and base moved together still load."""
@@ -154,19 +145,17 @@ def test_a_local_base_is_recorded_relative_to_the_artifact_and_found_when_both_m
     assert code == 0, err
     record = json.loads((out / "erase.json").read_text())
     assert record["base_model"] == {"id": "tiny-sd", "type": "diffusion", "folder": "../../models/tiny-sd"}
-    assert not [s for s in _strings(record) if s.startswith("/") or str(tmp_path) in s]
-    prompt = ["A Fish image in Candy style."]
-    want = generate(load_erased_pipeline(out), prompt, [1], steps=2)
+    assert not [s for s in json_strings(record) if s.startswith("/") or str(tmp_path) in s]
+    erased = module_sha256(load_erased_pipeline(out).unet)
+    assert erased != module_sha256(tiny_pipe.unet)  # the erasure changed the UNet
     (tmp_path / "there").mkdir()
     shutil.move(tmp_path / "here", tmp_path / "there" / "moved")  # both together, elsewhere
     moved = tmp_path / "there" / "moved" / "erased" / "esd-candy"
-    # the same weights loaded from the moved folders: the same images (bit-exact: same process, same batch)
-    assert np.array_equal(generate(load_erased_pipeline(moved), prompt, [1], steps=2), want)
+    assert module_sha256(load_erased_pipeline(moved).unet) == erased  # the same weights, found from the new place
     shutil.move(moved, tmp_path / "alone")  # the artifact without its base: one line that says what to do
     with pytest.raises(ArtifactError, match="relative to the artifact.*name the base with --model"):
         load_erased_pipeline(tmp_path / "alone")
-    assert load_erased_pipeline(tmp_path / "alone", model=tiny_sd_dir) is not None  # named: loads
-    assert not np.array_equal(want, generate(tiny_pipe, prompt, [1], steps=2))
+    assert module_sha256(load_erased_pipeline(tmp_path / "alone", model=tiny_sd_dir).unet) == erased  # named: loads
 
 
 def test_config_file_and_overrides_layer_in_order(tiny_sd_dir, tmp_path, capsys):

@@ -78,16 +78,16 @@ def _artifact(folder, pipe, base_id):
     save_artifact(folder, {"unet": pipe.unet}, record, trained=["unet.conv_out.bias"], base_hashes={"unet": base_hash})
 
 
-def _strings(value):
+def json_strings(value):
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _strings(k)
-            yield from _strings(v)
+            yield from json_strings(k)
+            yield from json_strings(v)
     elif isinstance(value, list):
         for v in value:
-            yield from _strings(v)
+            yield from json_strings(v)
 
 
 def test_erased_figures_come_with_the_base_models_and_no_file_holds_an_absolute_path(
@@ -123,7 +123,7 @@ def test_erased_figures_come_with_the_base_models_and_no_file_holds_an_absolute_
         text = path.read_text()
         assert str(tmp_path) not in text, path
         if path.suffix == ".json":
-            assert not [s for s in _strings(json.loads(text)) if s.startswith("/")], path
+            assert not [s for s in json_strings(json.loads(text)) if s.startswith("/")], path
     assert erased["model"]["artifact"] == "art" and erased["answer_set"]["folder"] == "erased/answer_set"
     # without a cache entry the erased run draws the base answer set itself, caches the counts, drops the images
     fresh = work / "fresh-cache"
