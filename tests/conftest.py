@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -38,10 +39,18 @@ from pipelines.tokenizer import build_clip_tokenizer
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # At most two threads in all, whatever the machine: with pytest-xdist's two workers, one each (two
-    # processes spinning two OpenMP threads each on two cores run many times slower, README "Threads").
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // workers))
+    # One torch thread, the library's own default for models this small (README "Threads"): as fast as two on
+    # idle cores for these tiny networks, and several times faster when other jobs share the cores (an OpenMP
+    # team of two waits at every op for a member the scheduler has put aside). Tests of thread counts set theirs.
+    torch.set_num_threads(1)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Every module is imported now: move the objects of torch, transformers and diffusers (hundreds of thousands)
+    # out of the collector's reach, so that each automatic collection during the run, and pytest's collections
+    # at exit, walk only what the tests allocate.
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
