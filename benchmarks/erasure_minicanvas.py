@@ -36,6 +36,7 @@ from erase.loading import erased_copy
 from erase.provenance import folder_hash, hardware
 from pipelines.judges import MINICANVAS_CLASSIFIER_DIR
 from pipelines.stable_diffusion import resolve_model
+from pipelines.threads import restore_threads
 
 RESULTS_FILE = Path(__file__).parent / "results" / "erasure_minicanvas.json"
 THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.85}
@@ -67,6 +68,11 @@ def _options(opts: Sequence[str], method: str, kind: str) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with restore_threads():  # called in-process too (tests, notebooks): the caller keeps its thread count
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["esd", "salun"])
     p.add_argument("--model", default=None, help="base model folder (default: the embedded minicanvas-sd, whose "

@@ -41,6 +41,7 @@ from erase.methods.latent_direction import Direction, fit_direction
 from erase.provenance import hardware
 from pipelines.generators import GeneratorError, load_generator, resolve_generator, seeded_latents
 from pipelines.judges import MiniCanvasClassifier
+from pipelines.threads import restore_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "feature_unlearning.json"
@@ -207,6 +208,11 @@ def run_case(generator: str, feature: str, role: str, overrides: dict, count: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with restore_threads():  # called in-process too (tests, notebooks): the caller keeps its thread count
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append",
                         help="GENERATOR:FEATURE, one of the built-in cases or a new one (default: every built-in "

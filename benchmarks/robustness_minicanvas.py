@@ -39,7 +39,7 @@ from erase.loading import load_erased_pipeline
 from erase.provenance import folder_hash, hardware, relative_path, versions
 from pipelines.judges import MINICANVAS_CLASSIFIER_DIR, MiniCanvasClassifier
 from pipelines.stable_diffusion import EMBEDDED_MODEL_DIR, generate, load_pipeline
-from pipelines.threads import use_threads
+from pipelines.threads import restore_threads, use_threads
 
 RESULTS_FILE = Path(__file__).parent / "results" / "robustness_minicanvas.json"
 JUDGE = "MiniCanvas classifier (pipelines/assets/minicanvas_classifier)"
@@ -127,6 +127,11 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with restore_threads():  # called in-process too (tests, notebooks): the caller keeps its thread count
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration-targets", nargs="+", default=["Candy", "Fire", "Neon", "Fish", "Star"])
     parser.add_argument("--targets", nargs="+", default=["Candy", "Winter", "Fish", "Star"],

@@ -35,16 +35,17 @@ from pipelines.threads import available_cores, load_average
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_FILE = Path(__file__).parent / "results" / "suite_time.json"
 COMMAND = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+TEST_OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error", "errors")
 SUMMARY = re.compile(r"^=*\s*(?P<counts>\d+ \w+.*) in (?P<seconds>[\d.]+)s")
 
 
-def unpack(commit: str, into: Path) -> str:
-    """The files of ``commit`` (a name git understands) in ``into``; returns the full commit id."""
-    full = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{commit}^{{commit}}"],
+def unpack(commit: str, into: Path, repo: Path = ROOT) -> str:
+    """The files of ``commit`` (a name git understands) of ``repo`` in ``into``; returns the full commit id."""
+    full = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{commit}^{{commit}}"],
                           capture_output=True, text=True)
     if full.returncode != 0:
-        raise SystemExit(f"error: --baseline {commit!r} is not a commit of {ROOT}")
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", full.stdout.strip()], capture_output=True, check=True)
+        raise SystemExit(f"error: --baseline {commit!r} is not a commit of {repo}")
+    archive = subprocess.run(["git", "-C", str(repo), "archive", full.stdout.strip()], capture_output=True, check=True)
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return full.stdout.strip()
@@ -118,11 +119,11 @@ def run_benchmark(baseline: str, machines: Sequence[str], rounds: int, busy: int
 def table(results: dict[str, Any]) -> str:
     """The README table: one row per suite, one column per machine state, the runs' wall times in order."""
     machines = list(dict.fromkeys(r["machine"] for r in results["runs"]))
-    lines = ["| suite | tests | " + " | ".join(f"wall, {m}" for m in machines) + " |", "|---" * (len(machines) + 2) + "|"]
+    head = " | ".join(f"wall, {m}" for m in machines)
+    lines = [f"| suite | tests | {head} |", "|---" * (len(machines) + 2) + "|"]
     for suite in dict.fromkeys(r["suite"] for r in results["runs"]):
         mine = [r for r in results["runs"] if r["suite"] == suite]
-        tests = max((sum(r["counts"].get(k, 0) for k in ("passed", "failed", "skipped", "error", "errors")) for r in mine),
-                    default=0)
+        tests = max((sum(r["counts"].get(k, 0) for k in TEST_OUTCOMES) for r in mine), default=0)
         cells = []
         for machine in machines:
             walls = [r for r in mine if r["machine"] == machine]
@@ -137,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", required=True, help="the commit whose suite is timed beside this checkout's")
     p.add_argument("--machines", default="idle,torch jobs",
-                   help=f"comma-separated states of the other cores, of {', '.join(NEIGHBOURS)} (default idle,torch jobs)")
+                   help=f"comma-separated states of the other cores, of {', '.join(NEIGHBOURS)} "
+                        "(default idle,torch jobs)")
     p.add_argument("--rounds", type=int, default=2, help="times each suite runs in each state (default 2)")
     p.add_argument("--busy", type=int, default=2, help="other CPU-bound processes on shared cores (default 2)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds after which one suite run is stopped")

@@ -45,6 +45,18 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    """A command called in-process must give the caller its thread count back (``restore_threads``): a test that
+    leaves two threads behind fails here, before every later test runs on them (on shared cores, many times
+    slower: a figure script's leak once made the whole suite 10x slower beside two other jobs)."""
+    yield
+    left = torch.get_num_threads()
+    if left != 1:
+        torch.set_num_threads(1)
+        pytest.fail(f"the test left torch on {left} threads (the suite runs on 1)")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Every module is imported now: move the objects of torch, transformers and diffusers (hundreds of thousands)
     # out of the collector's reach, so that each automatic collection during the run, and pytest's collections

@@ -7,6 +7,8 @@ import pytest
 from benchmarks.erasure_minicanvas import RESULTS_FILE, _options, main
 from erase.provenance import relative_path
 
+ONE_CPU_THREAD = ["--device", "cpu", "--threads", "1"]  # the suite's thread count (the script's default is 2)
+
 
 def test_options_apply_per_method_and_kind():
     opts = ["esd.style:lr=3e-4", "esd:steps=5", "salun:alpha=1", "esd.object:lr=1e-3"]
@@ -21,7 +23,7 @@ def test_erase_then_evaluate_on_the_tiny_model(tmp_path, tiny_sd_dir, capsys):
     results_file = tmp_path / "results.json"
     rc = main(["--model", str(tiny_sd_dir), "--methods", "esd", "--kinds", "style", "--style-target", "Fire",
                "--opt", "esd:steps=1", "--opt", "esd:ddim_steps=2", "--eval-seeds", "188", "--eval-steps", "1",
-               "--work", str(tmp_path / "work"), "--results-file", str(results_file), "--device", "cpu"])
+               "--work", str(tmp_path / "work"), "--results-file", str(results_file), *ONE_CPU_THREAD])
     out = capsys.readouterr().out
     assert rc == 1  # a random tiny model erases nothing: the thresholds fail, and the script says so
     assert "esd    style  Fire" in out and "FAIL" in out
@@ -43,13 +45,13 @@ def test_erase_then_evaluate_on_the_tiny_model(tmp_path, tiny_sd_dir, capsys):
 
     rc = main(["--model", str(tiny_sd_dir), "--methods", "esd", "--kinds", "object", "--object-target", "Fish",
                "--opt", "esd:steps=1", "--opt", "esd:ddim_steps=2", "--eval-seeds", "188", "--eval-steps", "1",
-               "--work", str(tmp_path / "work"), "--results-file", str(results_file), "--device", "cpu", "--merge"])
+               "--work", str(tmp_path / "work"), "--results-file", str(results_file), *ONE_CPU_THREAD, "--merge"])
     merged = json.loads(results_file.read_text())  # --merge keeps the Fire run of the first invocation
     assert [(r["target"], r.get("from_earlier_run", False)) for r in merged["runs"]] == [("Fire", True), ("Fish", False)]
     assert set(merged["base_model"]["targets"]) == {"Fire", "Fish"}
 
     # --rescore: the same answer sets scored again (no erasure, no image drawn), base figures beside each run
-    rc = main(["--rescore", "--work", str(tmp_path / "work"), "--results-file", str(results_file), "--device", "cpu"])
+    rc = main(["--rescore", "--work", str(tmp_path / "work"), "--results-file", str(results_file), *ONE_CPU_THREAD])
     assert rc == 0
     again = json.loads(results_file.read_text())
     for before, after in zip(merged["runs"], again["runs"]):
@@ -61,4 +63,4 @@ def test_erase_then_evaluate_on_the_tiny_model(tmp_path, tiny_sd_dir, capsys):
     again["runs"][0]["artifact_sha256_16"] = "0" * 16  # a results file that does not match its answer sets
     results_file.write_text(json.dumps(again))
     with pytest.raises(SystemExit, match="was drawn by weights"):
-        main(["--rescore", "--work", str(tmp_path / "work"), "--results-file", str(results_file), "--device", "cpu"])
+        main(["--rescore", "--work", str(tmp_path / "work"), "--results-file", str(results_file), *ONE_CPU_THREAD])
