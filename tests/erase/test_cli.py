@@ -1,7 +1,6 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +8,6 @@ from erase.artifacts import ArtifactError, read_record
 from erase.cli import MAX_NAME_BYTES, _slug, main
 from erase.loading import load_erased_pipeline
 from erase.provenance import module_sha256
-from pipelines.stable_diffusion import generate
 from tests.benchmarks.unlearncanvas.test_comparability import json_strings
 
 FAST = ["--steps", "3", "--quiet", "ddim_steps=3"]
@@ -119,8 +117,10 @@ def test_end_to_end_then_existing_and_unwritable_outputs(tiny_sd_dir, tiny_pipe,
     assert record.cost["seconds"] > 0 and record.cost["artifact_bytes"] > 0
     assert not list(tmp_path.glob(".*"))  # no work folder or temp folder left behind
     erased = load_erased_pipeline(out)
-    prompt = ["A Fish image in Candy style."]
-    assert not np.array_equal(generate(erased, prompt, [1], steps=2), generate(tiny_pipe, prompt, [1], steps=2))
+    # the artifact's weights are the ones loaded: one Adam step moves a trained weight by about lr (its images
+    # differ from the base's only by a rounding step, too little to tell a loaded change from noise)
+    moved = max((a - b).abs().max().item() for a, b in zip(erased.unet.parameters(), tiny_pipe.unet.parameters()))
+    assert moved > 0.5 * record.config["lr"]
     before = (out / "erase.json").read_text()
     code, _, err = _run(["--method", "esd", "--concept", "Fire", "--model", str(tiny_sd_dir), "--output", str(out),
                          *FAST], capsys)

@@ -15,7 +15,8 @@ def test_save_reload_gives_identical_images(tiny_sd_dir):
     b = generate(load_pipeline(tiny_sd_dir), ["A Fish image in Neon style."] * 2, [1, 2], steps=3)
     assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)  # bit-exact on purpose: the same weights, batch and process, loaded twice
-    assert not np.array_equal(a[0], a[1])  # different seeds, different images
+    # different seeds, different images: far apart, not a rounding step (measured: 53 of 255 levels on average)
+    assert np.abs(a[0].astype(int) - a[1].astype(int)).mean() > 10
 
 
 def test_images_do_not_depend_on_batching(tiny_pipe):
